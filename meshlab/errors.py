@@ -1,0 +1,149 @@
+"""The one error tree of meshlab.
+
+Every layer raises these; each edge maps them once (apiserver -> ``metav1.Status``, CSI server ->
+``context.abort(code, ...)``, CLI -> one line and an exit code)::
+
+    MeshlabError
+    ├── ApiError            an HTTP status + Kubernetes ``reason`` (``metav1.Status``)
+    │   ├── BadRequest          400 BadRequest
+    │   ├── Unauthorized        401 Unauthorized
+    │   ├── Forbidden           403 Forbidden
+    │   ├── NotFound            404 NotFound
+    │   ├── MethodNotAllowed    405 MethodNotAllowed
+    │   ├── AlreadyExists       409 AlreadyExists
+    │   ├── Conflict            409 Conflict
+    │   ├── Gone                410 Expired
+    │   ├── UnsupportedMediaType 415 UnsupportedMediaType
+    │   ├── Invalid             422 Invalid (with ``causes``)
+    │   └── InternalError       500 InternalError
+    ├── CsiError            a gRPC status code
+    ├── XdsError
+    ├── CaError
+    └── LabError            the lab cannot start / is not running / a command failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class MeshlabError(Exception):
+    """Base of every error meshlab raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One reason a write was refused: ``field`` is a dotted path such as ``spec.replicas``."""
+
+    field: str
+    message: str
+    reason: str = "FieldValueInvalid"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "field": self.field}
+
+
+@dataclass
+class ApiError(MeshlabError):
+    """An error with a Kubernetes ``Status``: HTTP code, machine ``reason`` and human ``message``."""
+
+    message: str
+    code: int = 500
+    reason: str = "InternalError"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            status["details"] = self.details
+        return status
+
+
+def _api_error(code: int, reason: str) -> type[ApiError]:
+    def init(self: ApiError, message: str, details: dict[str, Any] | None = None) -> None:
+        ApiError.__init__(self, message, code, reason, details or {})
+
+    return type(reason, (ApiError,), {"__init__": init, "__doc__": f"HTTP {code} {reason}."})
+
+
+BadRequest = _api_error(400, "BadRequest")
+Unauthorized = _api_error(401, "Unauthorized")
+Forbidden = _api_error(403, "Forbidden")
+NotFound = _api_error(404, "NotFound")
+MethodNotAllowed = _api_error(405, "MethodNotAllowed")
+AlreadyExists = _api_error(409, "AlreadyExists")
+Conflict = _api_error(409, "Conflict")
+Gone = _api_error(410, "Expired")
+UnsupportedMediaType = _api_error(415, "UnsupportedMediaType")
+InternalError = _api_error(500, "InternalError")
+
+
+class Invalid(ApiError):
+    """HTTP 422: the object failed validation; ``causes`` names each bad field."""
+
+    def __init__(self, kind: str, name: str, causes: list[Cause], group: str = "") -> None:
+        summary = ", ".join(f"{c.field}: {c.message}" for c in causes) or "invalid object"
+        details: dict[str, Any] = {"name": name, "kind": kind, "causes": [c.to_dict() for c in causes]}
+        if group:
+            details["group"] = group
+        super().__init__(f'{kind} "{name}" is invalid: {summary}', 422, "Invalid", details)
+        self.causes = causes
+
+
+def not_found(resource: str, name: str, group: str = "") -> ApiError:
+    qualified = f"{resource}.{group}" if group else resource
+    return NotFound(
+        f'{qualified} "{name}" not found', {"name": name, "group": group, "kind": resource}
+    )
+
+
+def already_exists(resource: str, name: str, group: str = "") -> ApiError:
+    qualified = f"{resource}.{group}" if group else resource
+    return AlreadyExists(
+        f'{qualified} "{name}" already exists', {"name": name, "group": group, "kind": resource}
+    )
+
+
+def conflict(resource: str, name: str, group: str = "", why: str = "") -> ApiError:
+    qualified = f"{resource}.{group}" if group else resource
+    why = why or "the object has been modified; please apply your changes to the latest version and try again"
+    return Conflict(
+        f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+        {"name": name, "group": group, "kind": resource},
+    )
+
+
+class CsiError(MeshlabError):
+    """A CSI failure carrying the gRPC status code name (e.g. ``INVALID_ARGUMENT``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class XdsError(MeshlabError):
+    """An xDS protocol or translation failure."""
+
+
+class CaError(MeshlabError):
+    """A certificate authority failure (bad CSR, unauthenticated caller, expired chain)."""
+
+
+class LabError(MeshlabError):
+    """The lab cannot do what was asked; the message says what to do next."""
