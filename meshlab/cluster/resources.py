@@ -69,7 +69,7 @@ BUILTIN: tuple[ResourceType, ...] = (
     # core/v1
     _rt("", "v1", "Namespace", "namespaces", False, short_names=("ns",), subresources=("status", "finalize")),
     _rt("", "v1", "Pod", "pods", True, short_names=("po",), categories=("all",),
-        subresources=("status", "log", "exec", "binding", "eviction")),
+        subresources=("status", "log", "exec", "binding")),
     _rt("", "v1", "Service", "services", True, short_names=("svc",), categories=("all",),
         subresources=("status",)),
     _rt("", "v1", "Endpoints", "endpoints", True, short_names=("ep",), singular="endpoints"),

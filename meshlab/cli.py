@@ -1,0 +1,62 @@
+"""The ``meshlab`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshlab.cluster import supervisor
+from meshlab.cluster.labdir import LabDir
+from meshlab.errors import MeshlabError
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    lab = LabDir.named(args.name)
+    if args.action == "up":
+        info = supervisor.up(lab, port=args.port)
+        print(f"lab {lab.name!r} is running on https://127.0.0.1:{info['port']} (pid {info['pid']})")
+        print(f"  export KUBECONFIG={lab.kubeconfig}")
+        return 0
+    if args.action == "down":
+        print(f"lab {lab.name!r} stopped" if supervisor.down(lab) else f"lab {lab.name!r} was not running")
+        return 0
+    if args.action == "kubeconfig":
+        if not lab.kubeconfig.exists():
+            print(f"lab {lab.name!r} has never been started: run `meshlab cluster up`", file=sys.stderr)
+            return 1
+        print(lab.kubeconfig)
+        return 0
+    info = supervisor.running(lab)
+    if info is None:
+        print(f"lab {lab.name!r}: not running (start it with `meshlab cluster up`)")
+        return 3
+    print(f"lab {lab.name!r}: running on https://127.0.0.1:{info['port']} (pid {info['pid']})")
+    print(f"  state:      {lab.path}")
+    print(f"  kubeconfig: {lab.kubeconfig}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshlab", description="Learn service meshes and Kubernetes storage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cluster = sub.add_parser("cluster", help="manage the embedded lab cluster")
+    cluster.add_argument("action", choices=["up", "down", "status", "kubeconfig"])
+    cluster.add_argument("--name", default="default", help="lab name (default: default)")
+    cluster.add_argument("--port", type=int, default=None, help="apiserver port (default: 6443 or a free one)")
+    cluster.set_defaults(func=_cluster)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MeshlabError as err:
+        print(f"meshlab: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The lab supervisor: one background process per embedded lab, holding the apiserver and its controllers.
+
+``meshlab cluster up`` starts ``python -m meshlab.cluster.supervisor serve <state dir>`` detached, waits
+for ``/readyz``, and leaves it running; ``down`` sends SIGTERM (the supervisor stops its parts in reverse
+order and exits) and SIGKILL only if it does not. Parts plug in as :class:`Part` objects with ``start`` and
+``stop`` — the kubelet and the other controllers of the lab runtime join the same list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from meshlab.cluster.apiserver import ApiServer
+from meshlab.cluster.controllers.namespaces import NamespaceController
+from meshlab.cluster.kind_hooks import ClusterIPs, CrdServing, establish_crd
+from meshlab.cluster.labdir import LabDir
+from meshlab.cluster.pki import ensure_pki
+from meshlab.cluster.rest import RestStorage, WriteOptions
+from meshlab.cluster.store import Store
+from meshlab.errors import AlreadyExists, LabError
+
+log = logging.getLogger("meshlab.supervisor")
+
+DEFAULT_PORT = 6443
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class Part(Protocol):
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def bootstrap(rest: RestStorage, port: int) -> None:
+    """The objects every cluster has: system namespaces and the ``kubernetes`` Service."""
+    opts = WriteOptions(user={"username": "system:apiserver", "groups": ["system:masters"]})
+    ns_rt = rest.registry.lookup("", "v1", "namespaces")
+    svc_rt = rest.registry.lookup("", "v1", "services")
+    ep_rt = rest.registry.lookup("", "v1", "endpoints")
+    assert ns_rt and svc_rt and ep_rt
+    for ns in SYSTEM_NAMESPACES:
+        with contextlib.suppress(AlreadyExists):
+            await rest.create(ns_rt, "", {"metadata": {"name": ns}}, opts)
+    with contextlib.suppress(AlreadyExists):
+        await rest.create(svc_rt, "default", {
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                                           "targetPort": port}]},
+        }, opts)
+    endpoints = {
+        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }
+    found = rest.store.get(rest.key(ep_rt, "default", "kubernetes"))
+    if found is None:
+        await rest.create(ep_rt, "default", endpoints, opts)
+    elif found[1].get("subsets") != endpoints["subsets"]:
+        await rest.update(ep_rt, "default", "kubernetes", {**found[1], "subsets": endpoints["subsets"]}, opts)
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise LabError("no free TCP port on 127.0.0.1")
+
+
+async def serve(lab: LabDir, port: int, parts_factory: list[Any] | None = None) -> None:
+    """Run the lab in this process until SIGTERM/SIGINT."""
+    lab.create()
+    pki = ensure_pki(lab.pki)
+    store = Store(lab.database)
+    server = ApiServer(store, pki=pki, server_address=f"127.0.0.1:{port}")
+    rest = server.rest
+    rest.before_store.extend([ClusterIPs(rest), establish_crd])
+    rest.after_store.append(CrdServing(rest))
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server.ssl_context(), reuse_address=True)
+    await site.start()
+    await bootstrap(rest, port)
+    parts: list[Part] = [NamespaceController(rest)]
+    for part in parts:
+        part.start()
+    lab.write_kubeconfig(port, pki.ca_cert.read_bytes(), pki.read_admin_token())
+    lab.write_server_info(os.getpid(), port)
+    server.ready = True
+    log.info("meshlab lab %r serving on https://127.0.0.1:%d", lab.name, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    server.ready = False
+    for part in reversed(parts):
+        await part.stop()
+    store.close()
+    await runner.cleanup()
+    with contextlib.suppress(FileNotFoundError):
+        lab.server_file.unlink()
+
+
+# -- the client side: start, stop, inspect a lab from another process ---------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ready(lab: LabDir, port: int, timeout: float = 1.0) -> bool:
+    ctx = ssl.create_default_context(cafile=str(lab.pki / "ca.crt"))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def running(lab: LabDir) -> dict[str, Any] | None:
+    """pid and port of a running, ready lab, or None."""
+    info = lab.server_info()
+    if not info or not _alive(int(info.get("pid", 0))):
+        return None
+    return info if _ready(lab, int(info["port"])) else None
+
+
+def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """Start the lab in the background (or find it running); returns ``{"pid", "port"}`` once ready."""
+    info = running(lab)
+    if info:
+        return info
+    lab.create()
+    previous = lab.server_info() or {}
+    chosen = _free_port(port or int(previous.get("port") or DEFAULT_PORT))
+    with contextlib.suppress(FileNotFoundError):
+        lab.server_file.unlink()
+    log_fh = open(lab.log_file, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlab.cluster.supervisor", "serve", str(lab.path), "--name", lab.name,
+         "--port", str(chosen)],
+        stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log_fh.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = lab.log_file.read_text(errors="replace").splitlines()[-15:]
+            raise LabError(f"the lab supervisor exited with code {proc.returncode}; its log "
+                           f"({lab.log_file}) ends with:\n" + "\n".join(tail))
+        info = lab.server_info()
+        if info and info.get("pid") == proc.pid and _ready(lab, int(info["port"]), timeout=0.5):
+            return info
+        time.sleep(0.02)
+    proc.terminate()
+    raise LabError(f"the lab did not become ready within {timeout:.0f}s; see {lab.log_file}")
+
+
+def down(lab: LabDir, *, timeout: float = 10.0) -> bool:
+    """Stop the lab; returns False when it was not running."""
+    info = lab.server_info()
+    if not info or not _alive(int(info.get("pid", 0))):
+        return False
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        lab.server_file.unlink()
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m meshlab.cluster.supervisor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run a lab in the foreground")
+    serve_p.add_argument("state", type=Path)
+    serve_p.add_argument("--name", default="default")
+    serve_p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lab = LabDir(args.state, args.name)
+    asyncio.run(serve(lab, args.port))
+
+
+if __name__ == "__main__":
+    main()
