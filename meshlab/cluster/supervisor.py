@@ -157,7 +157,7 @@ def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0) -> dict[s
         return info
     lab.create()
     previous = lab.server_info() or {}
-    chosen = _free_port(port or int(previous.get("port") or DEFAULT_PORT))
+    chosen = _free_port(port if port is not None else int(previous.get("port") or DEFAULT_PORT))
     with contextlib.suppress(FileNotFoundError):
         lab.server_file.unlink()
     log_fh = open(lab.log_file, "ab")  # noqa: SIM115 - handed to the child
