@@ -74,23 +74,54 @@ class ApiError(MeshlabError):
         return status
 
 
-def _api_error(code: int, reason: str) -> type[ApiError]:
-    def init(self: ApiError, message: str, details: dict[str, Any] | None = None) -> None:
-        ApiError.__init__(self, message, code, reason, details or {})
+class _StatusError(ApiError):
+    """An ApiError whose code and reason are fixed by its class."""
 
-    return type(reason, (ApiError,), {"__init__": init, "__doc__": f"HTTP {code} {reason}."})
+    CODE = 500
+    REASON = "InternalError"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, self.CODE, self.REASON, details or {})
 
 
-BadRequest = _api_error(400, "BadRequest")
-Unauthorized = _api_error(401, "Unauthorized")
-Forbidden = _api_error(403, "Forbidden")
-NotFound = _api_error(404, "NotFound")
-MethodNotAllowed = _api_error(405, "MethodNotAllowed")
-AlreadyExists = _api_error(409, "AlreadyExists")
-Conflict = _api_error(409, "Conflict")
-Gone = _api_error(410, "Expired")
-UnsupportedMediaType = _api_error(415, "UnsupportedMediaType")
-InternalError = _api_error(500, "InternalError")
+class BadRequest(_StatusError):
+    CODE, REASON = 400, "BadRequest"
+
+
+class Unauthorized(_StatusError):
+    CODE, REASON = 401, "Unauthorized"
+
+
+class Forbidden(_StatusError):
+    CODE, REASON = 403, "Forbidden"
+
+
+class NotFound(_StatusError):
+    CODE, REASON = 404, "NotFound"
+
+
+class MethodNotAllowed(_StatusError):
+    CODE, REASON = 405, "MethodNotAllowed"
+
+
+class AlreadyExists(_StatusError):
+    CODE, REASON = 409, "AlreadyExists"
+
+
+class Conflict(_StatusError):
+    CODE, REASON = 409, "Conflict"
+
+
+class Gone(_StatusError):
+    CODE, REASON = 410, "Expired"
+
+
+class UnsupportedMediaType(_StatusError):
+    CODE, REASON = 415, "UnsupportedMediaType"
+
+
+class InternalError(_StatusError):
+    CODE, REASON = 500, "InternalError"
 
 
 class Invalid(ApiError):

@@ -158,7 +158,7 @@ class RestStorage:
             name=name, obj=obj, old_obj=old, user=opts.user, dry_run=opts.dry_run,
         )
         if mutating and obj is not None:
-            mutated = await self.admission.mutate(mutating, attrs, ns_labels)
+            mutated = await self.admission.mutate(mutating, attrs, ns_labels, warnings=opts.warnings)
             if mutated is not None and mutated != obj:
                 obj = self._validated(rt, mutated, opts)
                 attrs = AdmissionAttributes(
@@ -166,7 +166,7 @@ class RestStorage:
                     name=name, obj=obj, old_obj=old, user=opts.user, dry_run=opts.dry_run,
                 )
         if validating:
-            await self.admission.validate(validating, attrs, ns_labels)
+            await self.admission.validate(validating, attrs, ns_labels, warnings=opts.warnings)
         return obj
 
     def _validated(self, rt: ResourceType, obj: dict[str, Any], opts: WriteOptions) -> dict[str, Any]:
