@@ -148,6 +148,22 @@ def format_label_selector(selector: Any) -> str:
     return "<error>" if text is None else (text or "<none>")
 
 
+def list_with_more(items: list[str], total: int, limit: int = 3) -> str:
+    """The first ``limit`` items, then `` + N more...`` (ENDPOINTS, PORTS)."""
+    text = ",".join(items[:limit])
+    return f"{text} + {total - limit} more..." if total > limit else text
+
+
+def host_port(ip: str, port: int) -> str:
+    """``net.JoinHostPort``: IPv6 addresses get brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def or_unset(value: Any) -> str:
+    """An optional string field: ``<unset>`` when the field is absent."""
+    return as_str(value) if value is not None else "<unset>"
+
+
 def container_cells(pod_spec: Any) -> Cells:
     """The wide CONTAINERS and IMAGES cells: names and images joined by commas."""
     containers = dicts(as_dict(pod_spec).get("containers"))

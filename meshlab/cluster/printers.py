@@ -31,9 +31,12 @@ from meshlab.cluster.cells import (
     dicts,
     format_label_selector,
     format_labels,
+    host_port,
     human_duration,
+    list_with_more,
     meta,
     name_of,
+    or_unset,
     parse_time,
     quantity,
     selector_string,
@@ -71,7 +74,6 @@ AGE = Column("Age", description="CreationTimestamp: when this object was created
 
 def wide(name: str, type_: str = "string", description: str = "") -> Column:
     return Column(name, type_, priority=1, description=description)
-
 
 
 # --- pods --------------------------------------------------------------------------------------------
@@ -264,15 +266,6 @@ def _service_cells(svc: Obj, now: datetime) -> Cells:
             format_labels(spec.get("selector"))]
 
 
-def _more(items: list[str], total: int, limit: int = 3) -> str:
-    text = ",".join(items[:limit])
-    return f"{text} + {total - limit} more..." if total > limit else text
-
-
-def _host_port(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def _endpoints_cells(ep: Obj, now: datetime) -> Cells:
     subsets = dicts(ep.get("subsets"))
     listed: list[str] = []
@@ -284,9 +277,9 @@ def _endpoints_cells(ep: Obj, now: datetime) -> Cells:
             listed += ips
             total += len(ips)
         for port in ports:
-            listed += [_host_port(ip, as_int(port.get("port"))) for ip in ips]
+            listed += [host_port(ip, as_int(port.get("port"))) for ip in ips]
             total += len(ips)
-    return [name_of(ep), _more(listed, total) if subsets else "<none>", age(ep, now)]
+    return [name_of(ep), list_with_more(listed, total) if subsets else "<none>", age(ep, now)]
 
 
 def _configmap_cells(cm: Obj, now: datetime) -> Cells:
@@ -336,10 +329,6 @@ def _terminating_phase(obj: Obj) -> str:
     return "Terminating" if meta(obj).get("deletionTimestamp") else phase
 
 
-def _unset(value: Any) -> str:
-    return as_str(value) if value is not None else "<unset>"
-
-
 def _pv_cells(pv: Obj, now: datetime) -> Cells:
     spec = as_dict(pv.get("spec"))
     claim = spec.get("claimRef")
@@ -351,8 +340,8 @@ def _pv_cells(pv: Obj, now: datetime) -> Cells:
             access_modes(spec.get("accessModes")), as_str(spec.get("persistentVolumeReclaimPolicy")),
             _terminating_phase(pv), claim_cell,
             as_str(spec.get("storageClassName")) if storage_class is None else storage_class,
-            _unset(spec.get("volumeAttributesClassName")), as_str(as_dict(pv.get("status")).get("reason")),
-            age(pv, now), _unset(spec.get("volumeMode"))]
+            or_unset(spec.get("volumeAttributesClassName")), as_str(as_dict(pv.get("status")).get("reason")),
+            age(pv, now), or_unset(spec.get("volumeMode"))]
 
 
 def _pvc_cells(pvc: Obj, now: datetime) -> Cells:
@@ -365,7 +354,7 @@ def _pvc_cells(pvc: Obj, now: datetime) -> Cells:
     storage_class = _storage_class_annotation(pvc)
     return [name_of(pvc), _terminating_phase(pvc), volume, capacity, modes,
             as_str(spec.get("storageClassName")) if storage_class is None else storage_class,
-            _unset(spec.get("volumeAttributesClassName")), age(pvc, now), _unset(spec.get("volumeMode"))]
+            or_unset(spec.get("volumeAttributesClassName")), age(pvc, now), or_unset(spec.get("volumeMode"))]
 
 
 def _node_cells(node: Obj, now: datetime) -> Cells:
@@ -454,8 +443,8 @@ def _endpoint_slice_cells(eps: Obj, now: datetime) -> Cells:
         number, name = port.get("port"), port.get("name")
         ports.append(str(as_int(number)) if number is not None else as_str(name) if name is not None else "*")
     addresses = [as_str(a) for e in dicts(eps.get("endpoints")) for a in as_list(e.get("addresses"))]
-    return [name_of(eps), as_str(eps.get("addressType")), _more(ports, len(ports)) or "<unset>",
-            _more(addresses, len(addresses)) or "<unset>", age(eps, now)]
+    return [name_of(eps), as_str(eps.get("addressType")), list_with_more(ports, len(ports)) or "<unset>",
+            list_with_more(addresses, len(addresses)) or "<unset>", age(eps, now)]
 
 
 def _webhooks_cells(config: Obj, now: datetime) -> Cells:

@@ -29,7 +29,7 @@ from meshlab.cluster.printers import AGE, BUILTIN_PRINTERS, NAME, Column, Printe
 from meshlab.cluster.resources import ResourceType
 from meshlab.errors import BadRequest
 
-__all__ = ["parse_table_accept", "pod_status_reason", "printer_for", "to_table"]
+__all__ = ["parse_json_path", "parse_table_accept", "pod_status_reason", "printer_for", "to_table"]
 
 TABLE_GROUP_VERSION = "meta.k8s.io/v1"
 _TABLE_VERSIONS = ("v1", "v1beta1")
