@@ -25,7 +25,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "protobuf"
 CAPTURED = sorted(FIXTURES.glob("*.pb"))
 
 # Go prints a nil list without omitempty as null; decode() leaves absent lists out.
-GO_NULL_LISTS: dict[str, list[tuple[str, str]]] = {"autoscale": [("status", "currentMetrics")]}
+GO_NULL_LISTS: dict[str, list[tuple[str, str]]] = {
+    "autoscale": [("status", "currentMetrics")],
+    "token-bound": [("spec", "audiences")],
+}
 
 
 # --- a tiny protobuf encoder, to write bodies by hand ------------------------------------------------
