@@ -70,7 +70,7 @@ class PatchSchema:
         self._defs = defs
         self._root = _root
         resolved, via_ref = _resolve(node, defs)
-        self._node: Mapping[str, Any] | None = resolved
+        self._node: Mapping[str, Any] | None = resolved if isinstance(node, Mapping) else None
         # Built-in kinds come from Go structs (reached through $ref); custom resources are unstructured.
         # Server-side apply records ownership slightly differently for the two (see applying._compare).
         self.builtin = via_ref or bool(resolved and "x-kubernetes-group-version-kind" in resolved)
