@@ -215,9 +215,7 @@ class Decoder:
                 got = self.decode(item, sub, fe.child(path, key))
                 if got is not DROP:
                     out[key] = got
-            for key in schema.get("required") or ():
-                if key not in out:
-                    self.causes.append(fe.required(fe.child(path, key)))
+            self._required(schema, value, out, path)
             return out
         if isinstance(extra, Mapping):
             # A Go map: a null value becomes the element's zero value; the key stays.
@@ -227,6 +225,13 @@ class Decoder:
                 out[str(key)] = self._zero(extra) if got is DROP else got
             return out
         return value  # map[string]interface{} / RawExtension / FieldsV1: stored as sent
+
+    def _required(self, schema: Mapping[str, Any], sent: Mapping[str, Any], out: Mapping[str, Any],
+                  path: str) -> None:
+        # A field sent with the wrong type has its own cause already; it is not missing as well.
+        for key in schema.get("required") or ():
+            if key not in out and sent.get(key) is None:
+                self.causes.append(fe.required(fe.child(path, key)))
 
     def _zero(self, schema: Mapping[str, Any]) -> Any:
         ref = schema.get("$ref")
@@ -349,9 +354,7 @@ class Decoder:
                 got = self.structural(default, sub, fe.child(path, key), check_only=True)
                 if got is not DROP:
                     out[key] = got
-        for key in schema.get("required") or ():
-            if key not in out:
-                self.causes.append(fe.required(fe.child(path, key)))
+        self._required(schema, value, out, path)
         if schema.get("x-kubernetes-embedded-resource"):
             for key in ("apiVersion", "kind"):
                 if not out.get(key):

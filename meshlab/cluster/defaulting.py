@@ -72,8 +72,10 @@ def _probe(probe: Any) -> None:
 
 
 def _container(container: Obj) -> None:
-    if isinstance(container.get("image"), str) and container["image"]:
-        container.setdefault("imagePullPolicy", pull_policy(container["image"]))
+    image = container.get("image")
+    # Kubernetes ignores an image it cannot parse here (validation reports it) and picks IfNotPresent.
+    container.setdefault("imagePullPolicy", pull_policy(image) if isinstance(image, str) and image else
+                         "IfNotPresent")
     container.setdefault("terminationMessagePath", "/dev/termination-log")
     container.setdefault("terminationMessagePolicy", "File")
     container.setdefault("resources", {})  # a non-pointer struct: Go always prints it, empty or not

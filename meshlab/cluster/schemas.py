@@ -128,7 +128,7 @@ def prepare(schemas: Schemas, rt: ResourceType, obj: dict[str, Any], *,
         _merge_string_data(result)
     try:
         default_in_place(rt, result)
-        causes = _unique(decoder.causes + validation.validate(rt, result))
+        causes = _unique(validation.validate(rt, result) + decoder.causes)
     except ApiError:
         raise
     except Exception as err:  # a shape no check anticipated: refuse it rather than store it
