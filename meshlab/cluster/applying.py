@@ -478,7 +478,11 @@ def _merge_lists(lhs: list[Any], rhs: list[Any], kind: str, keys: tuple[str, ...
     lindex = _index(lhs, kind, keys, item_schema)
     rindex: dict[str, Any] = {}
     for i, item in enumerate(rhs):
-        rindex.setdefault(_element(item, i, kind, keys, item_schema, strict=True), item)
+        element = _element(item, i, kind, keys, item_schema, strict=True)
+        if element in rindex:
+            raise errors.InternalError(
+                f"failed to create typed patch object: duplicate entries for key {_path_string((element,))}")
+        rindex[element] = item
     lorder, rorder = list(lindex), list(rindex)
     shared = [e for e in rorder if e in lindex]
     out: list[Any] = []

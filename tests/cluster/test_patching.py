@@ -242,6 +242,14 @@ def test_strategic_merge_patch(patch: dict[str, Any], edit: Any) -> None:
     assert (patch, live) == (untouched_patch, untouched_live)
 
 
+def test_without_a_schema_maps_merge_and_lists_are_replaced() -> None:
+    live = deployment()
+    patch = {"metadata": {"labels": {"tier": "front"}}, **template(containers=[{"name": "only"}])}
+    result = strategic_merge_patch(live, patch, NO_SCHEMA)
+    assert result["metadata"]["labels"] == {"app": "web", "tier": "front"}
+    assert pod_spec(result)["containers"] == [{"name": "only"}]
+
+
 def test_second_kubectl_apply_of_a_changed_deployment() -> None:
     """What kubectl 1.32 ``apply`` sends when the file drops a container and an env var, adds another,
     reorders env and switches the strategy, on a Deployment whose pod also got an injected sidecar."""
@@ -595,6 +603,17 @@ def test_update_after_apply_takes_the_field_and_later_apply_conflicts() -> None:
         apply(live, config, now=T2)
 
 
+def test_conflict_names_the_subresource_a_writer_used() -> None:
+    live = apply(None, applied(replicas=2))
+    scaled = copy.deepcopy(live)
+    scaled["spec"]["replicas"] = 5
+    live = track_update(live, scaled, manager="kubectl", operation="Update", now=T1, schema=DEPLOYMENT,
+                        subresource="scale")
+    who = '"kubectl" with subresource "scale" using apps/v1'
+    with pytest.raises(errors.Conflict, match=f"conflict with {who}: "):
+        apply(live, applied(replicas=2), now=T2)
+
+
 def test_object_never_tracked_belongs_to_before_first_apply() -> None:
     with pytest.raises(errors.Conflict, match='conflict with "before-first-apply" using apps/v1'):
         apply(deployment(), applied(replicas=7))
@@ -607,6 +626,8 @@ def test_object_never_tracked_belongs_to_before_first_apply() -> None:
                      id="[Error] managedFields in the config"),
         pytest.param(applied(template={"spec": {"containers": [{"image": "x"}]}}), errors.InternalError,
                      id="[Error] container without its key"),
+        pytest.param(applied(template={"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}),
+                     errors.InternalError, id="[Error] two containers with one name"),
     ],
 )
 def test_apply_refuses(config: dict[str, Any], error: type[errors.ApiError]) -> None:
@@ -678,7 +699,7 @@ def test_empty_strategic_patch_is_identity(obj: dict[str, Any], schema: PatchSch
     assert strategic_merge_patch(obj, {}, schema) == obj
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(obj=st.dictionaries(st.text(max_size=5), json_values, max_size=5),
        patch=st.dictionaries(st.text(max_size=5), json_values, max_size=5))
 def test_merge_patch_never_raises_and_is_idempotent(obj: dict[str, Any], patch: dict[str, Any]) -> None:
