@@ -141,7 +141,10 @@ def _refs(node: Any, prefix: str) -> list[str]:
         found = [node["$ref"][len(prefix):]] if isinstance(node.get("$ref"), str) and \
             node["$ref"].startswith(prefix) else []
         for key, value in node.items():
-            if key not in ("enum", "default", "example", "x-kubernetes-group-version-kind"):
+            if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+                # Property names are not keywords: JSONSchemaProps has properties called "default" and "enum".
+                found += [ref for sub in value.values() for ref in _refs(sub, prefix)]
+            elif key not in ("enum", "default", "example", "x-kubernetes-group-version-kind"):
                 found += _refs(value, prefix)
         return found
     if isinstance(node, list):
