@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from meshlab.cluster.kind_hooks import ClusterIPs, CrdServing, establish_crd
 from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.pki import ensure_pki
 from meshlab.cluster.rest import RestStorage, WriteOptions
-from meshlab.cluster.store import Store
+from meshlab.cluster.store import HISTORY, Store
 from meshlab.errors import AlreadyExists, LabError
 
 log = logging.getLogger("meshlab.supervisor")
@@ -88,7 +87,8 @@ async def serve(lab: LabDir, port: int, parts_factory: list[Any] | None = None) 
     """Run the lab in this process until SIGTERM/SIGINT."""
     lab.create()
     pki = ensure_pki(lab.pki)
-    store = Store(lab.database)
+    # How many recent changes a watch can resume from (etcd's compaction window); small in some tests.
+    store = Store(lab.database, history=int(os.environ.get("MESHLAB_WATCH_HISTORY") or HISTORY))
     server = ApiServer(store, pki=pki, server_address=f"127.0.0.1:{port}")
     rest = server.rest
     rest.before_store.extend([ClusterIPs(rest), establish_crd])
@@ -160,24 +160,32 @@ def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0) -> dict[s
     chosen = _free_port(port if port is not None else int(previous.get("port") or DEFAULT_PORT))
     with contextlib.suppress(FileNotFoundError):
         lab.server_file.unlink()
-    log_fh = open(lab.log_file, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
+    # posix_spawn rather than Popen: the supervisor outlives this process, and nothing here will wait
+    # for it (a Popen object would complain when collected while its child still runs).
+    pid = os.posix_spawn(
+        sys.executable,
         [sys.executable, "-m", "meshlab.cluster.supervisor", "serve", str(lab.path), "--name", lab.name,
          "--port", str(chosen)],
-        stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(lab.log_file), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
     )
-    log_fh.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             tail = lab.log_file.read_text(errors="replace").splitlines()[-15:]
-            raise LabError(f"the lab supervisor exited with code {proc.returncode}; its log "
-                           f"({lab.log_file}) ends with:\n" + "\n".join(tail))
+            raise LabError(f"the lab supervisor exited with status {os.waitstatus_to_exitcode(status)}; its "
+                           f"log ({lab.log_file}) ends with:\n" + "\n".join(tail))
         info = lab.server_info()
-        if info and info.get("pid") == proc.pid and _ready(lab, int(info["port"]), timeout=0.5):
+        if info and info.get("pid") == pid and _ready(lab, int(info["port"]), timeout=0.5):
             return info
         time.sleep(0.02)
-    proc.terminate()
+    os.kill(pid, signal.SIGTERM)
     raise LabError(f"the lab did not become ready within {timeout:.0f}s; see {lab.log_file}")
 
 

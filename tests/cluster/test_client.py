@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -120,23 +121,23 @@ def test_deployment_patches_of_every_kind(clients: kube.Clients, namespace: str)
 
 
 def test_server_side_apply_creates_then_updates(clients: kube.Clients, namespace: str) -> None:
-    api = clients.api_client
-    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/web"
+    def apply(body: dict[str, Any]) -> tuple[int, Any]:
+        data, status, _ = clients.apps.patch_namespaced_deployment_with_http_info(
+            "web", namespace, body, field_manager="tester", _content_type="application/apply-patch+yaml")
+        return status, data
 
-    def apply(body: dict[str, Any]) -> dict[str, Any]:
-        data, status, _ = api.call_api(
-            path, "PATCH", query_params=[("fieldManager", "tester")], body=body,
-            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=False)
-        return {"status": status, "data": data}
-
-    first = apply(DEPLOYMENT)
-    assert first["status"] == 201
+    status, first = apply(DEPLOYMENT)
+    assert status == 201 and first.spec.replicas == 2
     changed = {**DEPLOYMENT, "spec": {**DEPLOYMENT["spec"], "replicas": 5}}
-    second = apply(changed)
-    assert second["status"] == 200 and second["data"]["spec"]["replicas"] == 5
-    managers = {m["manager"] for m in second["data"]["metadata"]["managedFields"]}
-    assert "tester" in managers
+    status, second = apply(changed)
+    assert status == 200 and second.spec.replicas == 5
+    assert {m.manager: m.operation for m in second.metadata.managed_fields}["tester"] == "Apply"
+    # another manager changing a field the applier owns is a conflict, exactly as in Kubernetes
+    with pytest.raises(ApiException) as err:
+        clients.apps.patch_namespaced_deployment(
+            "web", namespace, {**changed, "spec": {**changed["spec"], "replicas": 7}}, field_manager="other",
+            _content_type="application/apply-patch+yaml")
+    assert err.value.status == 409 and 'conflict with "tester"' in json.loads(err.value.body)["message"]
 
 
 def test_watch_from_resource_version_sees_later_changes(clients: kube.Clients, namespace: str) -> None:
@@ -171,13 +172,27 @@ def test_watch_delivers_live_events(clients: kube.Clients, namespace: str) -> No
         pytest.fail("no event arrived")
 
 
-def test_watch_from_compacted_version_is_410(clients: kube.Clients, namespace: str) -> None:
-    w = watch.Watch()
-    with pytest.raises(ApiException) as err:
-        for _ in w.stream(clients.core.list_namespaced_config_map, namespace, resource_version="1",
-                          timeout_seconds=2):
-            pass
-    assert err.value.status == 410
+def test_watch_from_compacted_version_is_410(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshlab.cluster import supervisor
+    from meshlab.cluster.labdir import LabDir
+
+    monkeypatch.setenv("MESHLAB_WATCH_HISTORY", "20")
+    small = LabDir.named("compacted", tmp_path)
+    supervisor.up(small, port=0)
+    c = kube.clients(small.kubeconfig)
+    try:
+        first = c.core.create_namespaced_config_map("default", {"metadata": {"name": "c0"}})
+        for i in range(1, 40):
+            c.core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+        w = watch.Watch()
+        with pytest.raises(ApiException) as err:
+            for _ in w.stream(c.core.list_namespaced_config_map, "default",
+                              resource_version=first.metadata.resource_version, timeout_seconds=2):
+                pass
+        assert err.value.status == 410 and "too old resource version" in str(err.value)
+    finally:
+        c.close()
+        supervisor.down(small)
 
 
 def test_create_from_yaml(clients: kube.Clients, namespace: str, tmp_path: Path) -> None:
