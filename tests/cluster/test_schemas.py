@@ -510,7 +510,12 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-MUTABLE = [(kind, path) for kind, base in BASES.items() for path in _paths(base)]
+MUTATION_BASES: list[tuple[ResourceType, Obj]] = [
+    *[(rt_of(base["apiVersion"], kind), base) for kind, base in BASES.items()],
+    (rt_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"), VIRTUAL_SERVICE_CRD),
+    (VS_RT, VIRTUAL_SERVICE),
+]
+MUTABLE = [(i, path) for i, (_, base) in enumerate(MUTATION_BASES) for path in _paths(base)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -527,15 +532,16 @@ def test_random_manifests_only_raise_api_errors(rt: ResourceType, body: Obj, mod
 
 @settings(max_examples=150, deadline=None)
 @given(target=st.sampled_from(MUTABLE), value=json_values)
-def test_mutated_manifests_only_raise_api_errors(target: tuple[str, tuple[Any, ...]], value: Any) -> None:
-    kind, path = target
-    obj = copy.deepcopy(BASES[kind])
+def test_mutated_manifests_only_raise_api_errors(target: tuple[int, tuple[Any, ...]], value: Any) -> None:
+    index, path = target
+    rt, base = MUTATION_BASES[index]
+    obj = copy.deepcopy(base)
     cur: Any = obj
     for step in path[:-1]:
         cur = cur[step]
     cur[path[-1]] = value
     try:
-        prepare(SCHEMAS, rt_of(BASES[kind]["apiVersion"], kind), obj, field_validation="Warn")
+        prepare(SCHEMAS, rt, obj, field_validation="Warn")
     except errors.ApiError as err:
         assert 400 <= err.code < 500
 
