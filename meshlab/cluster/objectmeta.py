@@ -33,6 +33,28 @@ _MANAGED = ("uid", "creationTimestamp", "generation", "resourceVersion", "deleti
             "deletionGracePeriodSeconds", "selfLink")
 
 
+def require_shape(rt: ResourceType, obj: Any) -> dict[str, Any]:
+    """The body must be an object whose ``metadata`` (when present) is an object, as Go's decoder insists."""
+    if not isinstance(obj, dict):
+        raise BadRequest(f"the body of the request was in an unknown format: expected a {rt.kind} object, "
+                         f"got {type(obj).__name__}")
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadRequest(f"json: cannot unmarshal {_json_type(meta)} into Go struct field {rt.kind}.metadata "
+                         "of type v1.ObjectMeta")
+    return obj
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 def now_rfc3339(now: dt.datetime | None = None) -> str:
     moment = now or dt.datetime.now(dt.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

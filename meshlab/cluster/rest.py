@@ -186,8 +186,7 @@ class RestStorage:
     async def create(
         self, rt: ResourceType, namespace: str, body: dict[str, Any], opts: WriteOptions
     ) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise BadRequest(f"the body of the request was in an unknown format: expected a {rt.kind} object")
+        objectmeta.require_shape(rt, body)
         ns_obj = self._require_namespace(rt, namespace, "CREATE")
         obj = objectmeta.prepare_create(rt, body, namespace)
         if rt.plural == "namespaces":
@@ -216,8 +215,7 @@ class RestStorage:
         self, rt: ResourceType, namespace: str, name: str, body: dict[str, Any], opts: WriteOptions,
         *, subresource: str = "",
     ) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise BadRequest(f"the body of the request was in an unknown format: expected a {rt.kind} object")
+        objectmeta.require_shape(rt, body)
         body_name = (body.get("metadata") or {}).get("name")
         if body_name and body_name != name:
             raise BadRequest(
@@ -234,6 +232,7 @@ class RestStorage:
         self, rt: ResourceType, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any],
         opts: WriteOptions, subresource: str, operation: str,
     ) -> dict[str, Any]:
+        objectmeta.require_shape(rt, new)
         ns_obj = self._require_namespace(rt, namespace, "UPDATE")
         if subresource == "status":
             new = objectmeta.take_status(old, new)
