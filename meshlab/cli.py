@@ -26,11 +26,11 @@ def _cluster(args: argparse.Namespace) -> int:
             return 1
         print(lab.kubeconfig)
         return 0
-    info = supervisor.running(lab)
-    if info is None:
+    found = supervisor.running(lab)
+    if found is None:
         print(f"lab {lab.name!r}: not running (start it with `meshlab cluster up`)")
         return 3
-    print(f"lab {lab.name!r}: running on https://127.0.0.1:{info['port']} (pid {info['pid']})")
+    print(f"lab {lab.name!r}: running on https://127.0.0.1:{found['port']} (pid {found['pid']})")
     print(f"  state:      {lab.path}")
     print(f"  kubeconfig: {lab.kubeconfig}")
     return 0

@@ -79,7 +79,7 @@ def namespace(clients: kube.Clients, request: pytest.FixtureRequest) -> Iterator
     yield name
     try:
         clients.core.delete_namespace(name)
-    except Exception:  # noqa: BLE001 - teardown of a namespace the test may have deleted itself
+    except Exception:
         pass
 
 

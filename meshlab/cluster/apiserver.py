@@ -116,7 +116,7 @@ class ApiServer:
         for subset in (found[1].get("subsets") or []) if found else []:
             for addr in subset.get("addresses") or []:
                 for p in subset.get("ports") or []:
-                    if isinstance(target_port, int) and p.get("port") == target_port or p.get("name") == target_port:
+                    if (isinstance(target_port, int) and p.get("port") == target_port) or p.get("name") == target_port:
                         return addr["ip"], int(p["port"])
                 if isinstance(target_port, int):
                     return addr["ip"], target_port
@@ -133,7 +133,7 @@ class ApiServer:
             return _json_response(err.to_status(), err.code)
         except web.HTTPException:
             raise
-        except Exception as err:  # noqa: BLE001 - the one place that turns surprises into a Status
+        except Exception as err:
             log.exception("internal error serving %s %s", request.method, request.path)
             failure = InternalError(f"Internal error occurred: {type(err).__name__}: {err}")
             return _json_response(failure.to_status(), 500)
@@ -307,8 +307,8 @@ class ApiServer:
                                   opts.warnings)
         if method == "PATCH":
             body, ctype = await self._body(request)
-            result, created = await self.rest.patch(rt, t.namespace, t.name, ctype, body, opts)
-            return _json_response(result, 201 if created else 200, opts.warnings)
+            patched, was_created = await self.rest.patch(rt, t.namespace, t.name, ctype, body, opts)
+            return _json_response(patched, 201 if was_created else 200, opts.warnings)
         if method == "DELETE":
             answer = await self.rest.delete(rt, t.namespace, t.name, await self._delete_options(request), opts)
             return _json_response(answer, 200)
@@ -320,7 +320,8 @@ class ApiServer:
             raw = await request.read()
             if raw.strip():
                 try:
-                    parsed = protobuf.decode(raw) if protobuf.is_protobuf(raw, request.content_type) else json.loads(raw)
+                    is_pb = protobuf.is_protobuf(raw, request.content_type)
+                    parsed = protobuf.decode(raw) if is_pb else json.loads(raw)
                 except ValueError as err:
                     raise BadRequest(f"invalid DeleteOptions: {_first_line(err)}") from err
                 if not isinstance(parsed, dict):
@@ -343,14 +344,14 @@ class ApiServer:
 
     def _render(self, rt: ResourceType, objs: list[dict[str, Any]], table: bool, include: str,
                 rv: str = "", cont: str = "") -> dict[str, Any]:
-        return to_table(rt, objs, now=dt.datetime.now(dt.timezone.utc), include_object=include,
+        return to_table(rt, objs, now=dt.datetime.now(dt.UTC), include_object=include,
                         resource_version=rv, continue_token=cont)
 
     def _list(self, request: web.Request, t: Target, table: bool, include: str) -> web.Response:
         q = request.query
         rt = t.rt
         rv = str(self.rest.store.resource_version)
-        items = self.rest.list(rt, t.namespace, label_selector=q.get("labelSelector", ""),
+        items = self.rest.select(rt, t.namespace, label_selector=q.get("labelSelector", ""),
                                field_selector=q.get("fieldSelector", ""))
         try:
             limit = int(q.get("limit") or 0)

@@ -14,7 +14,7 @@ from typing import Any
 from meshlab.cluster.objectmeta import now_rfc3339
 from meshlab.cluster.resources import ResourceType, from_crd
 from meshlab.cluster.rest import RestStorage, kind_key
-from meshlab.errors import Invalid, Cause
+from meshlab.errors import Cause, Invalid
 
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 
@@ -25,7 +25,7 @@ class ClusterIPs:
 
     def _used(self) -> set[str]:
         used = set()
-        for svc, _ in self.rest.store.list("/services"):
+        for svc, _ in self.rest.store.scan("/services"):
             ip = (svc.get("spec") or {}).get("clusterIP")
             if ip and ip != "None":
                 used.add(ip)
@@ -116,6 +116,6 @@ class CrdServing:
         self.rest.registry.remove_crd(name)
         if kinds:
             key = kind_key(kinds[0])
-            for obj, _ in list(self.rest.store.list(key)):
+            for obj, _ in list(self.rest.store.scan(key)):
                 meta = obj["metadata"]
                 self.rest.store.delete((key, meta.get("namespace", ""), meta["name"]), obj)

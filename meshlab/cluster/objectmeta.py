@@ -56,7 +56,7 @@ def _json_type(value: Any) -> str:
 
 
 def now_rfc3339(now: dt.datetime | None = None) -> str:
-    moment = now or dt.datetime.now(dt.timezone.utc)
+    moment = now or dt.datetime.now(dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

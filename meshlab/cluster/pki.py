@@ -90,7 +90,7 @@ def ensure_pki(directory: Path) -> LabPki:
     """Create the lab's CA, serving certificate, token signing key and admin token if missing."""
     pki = LabPki(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if not pki.ca_cert.exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshlab-lab-ca")])

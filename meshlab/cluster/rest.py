@@ -91,7 +91,7 @@ class RestStorage:
     def load_crds(self) -> None:
         crd_rt = self.registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         assert crd_rt is not None
-        for crd, _ in self.store.list(kind_key(crd_rt)):
+        for crd, _ in self.store.scan(kind_key(crd_rt)):
             self.registry.set_crd(crd["metadata"]["name"], from_crd(crd))
 
     def key(self, rt: ResourceType, namespace: str, name: str) -> Key:
@@ -106,12 +106,12 @@ class RestStorage:
             raise not_found(rt.plural, name, rt.group)
         return _as_version(found[1], rt)
 
-    def list(
+    def select(
         self, rt: ResourceType, namespace: str, *, label_selector: str = "", field_selector: str = ""
     ) -> Iterator[tuple[dict[str, Any], str]]:
         labels = label_matcher(label_selector)
         fields = field_matcher(field_selector)
-        for obj, raw in self.store.list(kind_key(rt), namespace if rt.namespaced else ""):
+        for obj, raw in self.store.scan(kind_key(rt), namespace if rt.namespaced else ""):
             if labels(obj) and fields(obj):
                 if obj.get("apiVersion") != rt.api_version:
                     obj = _as_version(obj, rt)
@@ -144,9 +144,9 @@ class RestStorage:
     ) -> dict[str, Any] | None:
         if rt.plural in _NO_ADMISSION:
             return obj
-        mutating = [o for o, _ in self.store.list("admissionregistration.k8s.io/mutatingwebhookconfigurations")]
+        mutating = [o for o, _ in self.store.scan("admissionregistration.k8s.io/mutatingwebhookconfigurations")]
         validating = [
-            o for o, _ in self.store.list("admissionregistration.k8s.io/validatingwebhookconfigurations")
+            o for o, _ in self.store.scan("admissionregistration.k8s.io/validatingwebhookconfigurations")
         ]
         if not mutating and not validating:
             return obj
@@ -219,7 +219,7 @@ class RestStorage:
         body_name = (body.get("metadata") or {}).get("name")
         if body_name and body_name != name:
             raise BadRequest(
-                "the name of the object (%s) does not match the name on the URL (%s)" % (body_name, name)
+                f"the name of the object ({body_name}) does not match the name on the URL ({name})"
             )
         found = self.store.get(self.key(rt, namespace, name))
         if found is None:
@@ -383,7 +383,7 @@ class RestStorage:
         if "deletecollection" not in rt.verbs:
             raise MethodNotAllowed(f"deletecollection is not supported on {rt.qualified()}")
         names = [(o["metadata"].get("namespace", ""), o["metadata"]["name"])
-                 for o, _ in self.list(rt, namespace, label_selector=label_selector,
+                 for o, _ in self.select(rt, namespace, label_selector=label_selector,
                                        field_selector=field_selector)]
         out = []
         for ns, name in names:

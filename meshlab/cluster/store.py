@@ -113,7 +113,7 @@ class Store:
         entry = self._objects.get(key[0], {}).get((key[1], key[2]))
         return (entry.rv, entry.obj) if entry else None
 
-    def list(self, kind_key: str, namespace: str = "") -> Iterator[tuple[dict[str, Any], str]]:
+    def scan(self, kind_key: str, namespace: str = "") -> Iterator[tuple[dict[str, Any], str]]:
         """(object, its JSON text) for every object of a kind, ordered by namespace and name."""
         bucket = self._objects.get(kind_key, {})
         for ns, name in sorted(bucket):

@@ -18,7 +18,7 @@ from meshlab.cluster.pki import TokenSigner
 from meshlab.cluster.resources import ResourceType
 from meshlab.cluster.rest import RestStorage, WriteOptions
 from meshlab.cluster.selectors import selector_object_requirements
-from meshlab.errors import ApiError, BadRequest, Invalid, Cause, NotFound, UnsupportedMediaType
+from meshlab.errors import ApiError, BadRequest, Cause, Invalid, NotFound, UnsupportedMediaType
 
 
 def _selector_string(selector: dict[str, Any] | None) -> str:
@@ -98,12 +98,12 @@ def issue_token(
         pod = (bound.get("name", ""), bound.get("uid", ""))
     token, exp = signer.issue(namespace=namespace, service_account=name, sa_uid=sa["metadata"]["uid"],
                               audiences=spec.get("audiences"), expiration_seconds=seconds, pod=pod)
-    expires = dt.datetime.fromtimestamp(exp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = dt.datetime.fromtimestamp(exp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "kind": "TokenRequest",
         "apiVersion": "authentication.k8s.io/v1",
         "metadata": {"name": name, "namespace": namespace,
-                     "creationTimestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+                     "creationTimestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "spec": {"audiences": spec.get("audiences") or [], "expirationSeconds": seconds,
                  "boundObjectRef": spec.get("boundObjectRef")},
         "status": {"token": token, "expirationTimestamp": expires},
@@ -172,7 +172,7 @@ async def bind_pod(rest: RestStorage, namespace: str, name: str, binding: Any, o
     pod["spec"]["nodeName"] = binding["target"]["name"]
     conditions = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") != "PodScheduled"]
     conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-                       "lastTransitionTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                       "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
     pod.setdefault("status", {})["conditions"] = conditions
     pod["metadata"].pop("resourceVersion", None)
     # Binding is the one write allowed to set spec.nodeName; it writes spec and status together.

@@ -83,7 +83,7 @@ async def serve_watch(
     gone: ApiError | None = None
     if rv_text in ("", "0") or initial_events_end:
         since = store.resource_version
-        initial = [obj for obj, _ in rest.list(rt, scope_ns) if match(obj)]
+        initial = [obj for obj, _ in rest.select(rt, scope_ns) if match(obj)]
     else:
         try:
             since = int(rv_text)
@@ -102,7 +102,7 @@ async def serve_watch(
 
     def render(obj: Mapping[str, Any]) -> Mapping[str, Any]:
         if table:
-            return to_table(rt, [dict(obj)], now=dt.datetime.now(dt.timezone.utc), include_object=include_object)
+            return to_table(rt, [dict(obj)], now=dt.datetime.now(dt.UTC), include_object=include_object)
         return obj
 
     def bookmark(rv: int, end_of_initial: bool = False) -> bytes:
@@ -133,17 +133,18 @@ async def serve_watch(
             if remaining <= 0:
                 break
             try:
-                change = await asyncio.wait_for(watcher.queue.get(), min(remaining, BOOKMARK_INTERVAL))
+                next_change: Change | None = await asyncio.wait_for(
+                    watcher.queue.get(), min(remaining, BOOKMARK_INTERVAL))
             except TimeoutError:
                 if bookmarks:
                     await response.write(bookmark(max(last_rv, store.resource_version)))
                 continue
-            if change is None:
+            if next_change is None:
                 break
-            last_rv = change.rv
-            typ = translate(change, match)
+            last_rv = next_change.rv
+            typ = translate(next_change, match)
             if typ:
-                await response.write(_event(typ, render(change.obj)))
+                await response.write(_event(typ, render(next_change.obj)))
     except ConnectionResetError:
         pass
     finally:

@@ -49,10 +49,10 @@ class NamespaceController:
 
     def _draining(self) -> bool:
         return any((ns.get("metadata") or {}).get("deletionTimestamp")
-                   for ns, _ in self.rest.store.list("/namespaces"))
+                   for ns, _ in self.rest.store.scan("/namespaces"))
 
     async def sync_all(self) -> None:
-        for ns, _ in list(self.rest.store.list("/namespaces")):
+        for ns, _ in list(self.rest.store.scan("/namespaces")):
             if (ns.get("metadata") or {}).get("deletionTimestamp"):
                 try:
                     await self.drain(ns["metadata"]["name"])
@@ -65,7 +65,7 @@ class NamespaceController:
         for rt in list(self.rest.registry):
             if not rt.namespaced or not rt.persisted:
                 continue
-            for obj, _ in list(self.rest.list(rt, name)):
+            for obj, _ in list(self.rest.select(rt, name)):
                 remaining += 1
                 if obj["metadata"].get("deletionTimestamp"):
                     continue
