@@ -1,0 +1,48 @@
+"""The notebooks' facade on the embedded lab."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshlab import lab as meshlab_lab
+from meshlab.errors import LabError
+from tests.conftest import RunningLab, kubectl_path
+
+
+def test_connect_to_a_kubeconfig_and_apply_twice(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: facade}\ndata: {mode: one}\n"
+        first = handle.apply(manifest)
+        second = handle.apply(manifest.replace("one", "two"))
+        assert first[0]["data"] == {"mode": "one"} and second[0]["data"] == {"mode": "two"}
+        assert handle.core.read_namespaced_config_map("facade", "default").data == {"mode": "two"}
+        assert repr(handle).startswith("Lab(kubeconfig=")
+    finally:
+        handle.close()
+
+
+def test_apply_explains_unknown_kinds(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        with pytest.raises(LabError, match="does not serve Gizmo"):
+            handle.apply({"apiVersion": "example.com/v9", "kind": "Gizmo", "metadata": {"name": "x"}})
+    finally:
+        handle.close()
+
+
+@pytest.mark.skipif(kubectl_path() is None, reason="kubectl is not installed")
+def test_kubectl_through_the_facade(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        assert "default" in handle.kubectl("get", "namespaces", "-o", "name")
+        with pytest.raises(LabError, match='namespaces "nope" not found'):
+            handle.kubectl("get", "namespace", "nope")
+    finally:
+        handle.close()
+
+
+def test_connect_without_a_running_lab_says_what_to_do(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHLAB_HOME", str(tmp_path))
+    with pytest.raises(LabError, match=r"meshlab.lab.up\(\)"):
+        meshlab_lab.connect()
