@@ -101,7 +101,7 @@ def _status_message(err: ApiException) -> str:
     import json
 
     try:
-        return str(json.loads(err.body)["message"])
+        return str(json.loads(err.body or "")["message"])
     except (ValueError, KeyError, TypeError):
         return f"{err.status} {err.reason}"
 
