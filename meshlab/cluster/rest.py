@@ -16,7 +16,6 @@ from typing import Any
 
 from meshlab.cluster import objectmeta
 from meshlab.cluster.admission import AdmissionAttributes, AdmissionChain
-from meshlab.cluster.defaulting import apply_defaults
 from meshlab.cluster.patching import (
     PatchSchema,
     json_patch,
@@ -172,7 +171,7 @@ class RestStorage:
     def _validated(self, rt: ResourceType, obj: dict[str, Any], opts: WriteOptions) -> dict[str, Any]:
         normalised, warnings = prepare(self.schemas, rt, obj, field_validation=opts.field_validation)
         opts.warnings.extend(w for w in warnings if w not in opts.warnings)
-        return apply_defaults(rt, normalised)
+        return normalised  # prepare() has applied Kubernetes' defaults too
 
     def _run_hooks(
         self, hooks: list[Hook], operation: str, rt: ResourceType, old: dict[str, Any] | None,
@@ -243,7 +242,7 @@ class RestStorage:
         new = await self._admit("UPDATE", rt, subresource, namespace, name, new, old, opts, ns_obj) or new
         if opts.field_manager and operation == "Update":
             new = track_update(old, new, manager=opts.field_manager, operation="Update",
-                               now=objectmeta.now_rfc3339(), schema=self.patch_schema(rt))
+                               now=objectmeta.now_rfc3339(), schema=self.patch_schema(rt), subresource=subresource)
         self._run_hooks(self.before_store, "UPDATE", rt, old, new)
         if _without_rv(new) == _without_rv(old):
             return old  # a no-op write does not bump resourceVersion, as in Kubernetes
@@ -280,8 +279,11 @@ class RestStorage:
             if not isinstance(patch, dict):
                 raise BadRequest("apply patches must be a single object")
             live = _as_version(found[1], rt) if found else None
+            if "status" in rt.subresources and subresource != "status":
+                # status is not the main resource's to set: it is neither applied nor owned from here
+                patch = {k: v for k, v in patch.items() if k != "status"}
             applied = server_side_apply(live, patch, manager=opts.field_manager, force=opts.force,
-                                        schema=schema, now=objectmeta.now_rfc3339())
+                                        schema=schema, now=objectmeta.now_rfc3339(), subresource=subresource)
             if found is None:
                 return await self.create(rt, namespace, applied, _no_manager(opts)), True
             return await self._write_update(rt, namespace, name, found[1], applied, opts, subresource,
