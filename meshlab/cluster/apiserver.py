@@ -38,6 +38,8 @@ log = logging.getLogger("meshlab.apiserver")
 
 _PUBLIC_PATHS = {"/healthz", "/readyz", "/livez", "/version"}
 _JSON = "application/json"
+# Who made the request, as authentication found it (``userInfo`` for admission reviews).
+USER = web.RequestKey("user", dict)
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,12 @@ class ApiServer:
             raise Unauthorized("Unauthorized: a bearer token is required (see `meshlab cluster kubeconfig`)")
         token = token.strip()
         if token == self.admin_token:
-            request["user"] = {"username": "admin", "groups": ["system:masters", "system:authenticated"]}
+            request[USER] = {"username": "admin", "groups": ["system:masters", "system:authenticated"]}
         else:
             claims = self.signer.verify(token)
             k8s = claims.get("kubernetes.io") or {}
             ns = k8s.get("namespace", "")
-            request["user"] = {
+            request[USER] = {
                 "username": claims.get("sub", ""),
                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
             }
@@ -251,7 +253,7 @@ class ApiServer:
         validation = q.get("fieldValidation", "Strict") or "Strict"
         if validation not in ("Strict", "Warn", "Ignore"):
             raise BadRequest(f"Invalid fieldValidation value {validation!r}: must be Strict, Warn or Ignore")
-        return WriteOptions(user=request.get("user") or {}, dry_run=bool(dry_run),
+        return WriteOptions(user=request.get(USER) or {}, dry_run=bool(dry_run),
                             field_manager=q.get("fieldManager", ""), field_validation=validation,
                             force=_bool(q.get("force")))
 

@@ -17,8 +17,10 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,8 +85,16 @@ def _free_port(preferred: int) -> int:
     raise LabError("no free TCP port on 127.0.0.1")
 
 
-async def serve(lab: LabDir, port: int, parts_factory: list[Any] | None = None) -> None:
-    """Run the lab in this process until SIGTERM/SIGINT."""
+Configure = Callable[[ApiServer], list[Part]]
+
+
+async def serve(lab: LabDir, port: int, *, configure: Configure | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run the lab in this process until SIGTERM/SIGINT (or until ``stop`` is set).
+
+    ``configure`` adds parts (a kubelet registers itself as the apiserver's ``pod_io`` there, and returns
+    the parts to start and stop with the lab).
+    """
     lab.create()
     pki = ensure_pki(lab.pki)
     # How many recent changes a watch can resume from (etcd's compaction window); small in some tests.
@@ -99,16 +109,19 @@ async def serve(lab: LabDir, port: int, parts_factory: list[Any] | None = None) 
     await site.start()
     await bootstrap(rest, port)
     parts: list[Part] = [NamespaceController(rest)]
+    if configure is not None:
+        parts.extend(configure(server))
     for part in parts:
         part.start()
     lab.write_kubeconfig(port, pki.ca_cert.read_bytes(), pki.read_admin_token())
     lab.write_server_info(os.getpid(), port)
     server.ready = True
     log.info("meshlab lab %r serving on https://127.0.0.1:%d", lab.name, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop or asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
     server.ready = False
