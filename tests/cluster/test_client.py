@@ -342,3 +342,28 @@ def test_requests_without_a_token_are_401(lab: Any) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{lab.url}/api/v1/namespaces", context=ctx, timeout=5)
     assert err.value.code == 401
+
+
+def test_deletecollection_by_label(clients: kube.Clients, namespace: str) -> None:
+    core = clients.core
+    for name, tier in (("a", "web"), ("b", "web"), ("c", "db")):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": {"tier": tier}}})
+    core.delete_collection_namespaced_config_map(namespace, label_selector="tier=web")
+    assert [i.metadata.name for i in core.list_namespaced_config_map(namespace).items] == ["c"]
+
+
+def test_watch_with_initial_events_ends_them_with_a_bookmark(lab: Any, namespace: str,
+                                                             clients: kube.Clients) -> None:
+    import ssl
+    import urllib.request
+
+    clients.core.create_namespaced_config_map(namespace, {"metadata": {"name": "present"}})
+    ctx = ssl.create_default_context(cafile=lab.ca)
+    url = (f"{lab.url}/api/v1/namespaces/{namespace}/configmaps?watch=true&sendInitialEvents=true"
+           "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {lab.token}"})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        events = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+    assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "present"
+    assert events[1]["type"] == "BOOKMARK"
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
