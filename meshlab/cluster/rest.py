@@ -329,9 +329,13 @@ class RestStorage:
         elif policy == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
         graceful = self._grace_period(rt, obj, options)
+        if meta.get("deletionTimestamp"):
+            # Already being deleted: only a final, immediate delete (the kubelet's grace-period-0 delete
+            # once the containers have stopped) removes it now; otherwise finalizers still hold it.
+            if not meta.get("finalizers") and graceful is None and rt.plural != "namespaces":
+                return await self._remove(rt, namespace, name, obj, opts)
+            return self._deleted_answer(rt, obj)
         if finalizers or graceful is not None or rt.plural == "namespaces":
-            if meta.get("deletionTimestamp"):
-                return self._deleted_answer(rt, obj)  # already being deleted
             meta["finalizers"] = finalizers
             if not finalizers:
                 meta.pop("finalizers")
