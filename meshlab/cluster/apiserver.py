@@ -84,6 +84,9 @@ class ApiServer:
         self.pod_io: PodIO = NoPodIO()
         self.server_address = server_address
         self.ready = False
+        # Named readiness checks (``/readyz?verbose`` lists them, as kube-apiserver does): each answers
+        # (healthy, detail). Runtime parts (controllers, kubelet, kube-proxy) add theirs.
+        self.health_checks: dict[str, Callable[[], tuple[bool, str]]] = {}
 
     # -- wiring ------------------------------------------------------------------------------------------
 
@@ -170,9 +173,7 @@ class ApiServer:
         if path in ("/healthz", "/livez"):
             return web.Response(text="ok")
         if path == "/readyz":
-            if not self.ready:
-                return web.Response(text="[-]meshlab-bootstrap failed: not finished", status=500)
-            return web.Response(text="ok")
+            return self._readyz("verbose" in request.query)
         if path == "/version":
             return _json_response(discovery.version_info())
         if path == "/api":
@@ -199,6 +200,25 @@ class ApiServer:
             return _json_response(doc)
         target = self._target(group, version, rest)
         return await self._serve(request, target)
+
+    def _readyz(self, verbose: bool) -> web.Response:
+        results = [("meshlab-bootstrap", self.ready, "" if self.ready else "not finished")]
+        for name, check in self.health_checks.items():
+            try:
+                healthy, detail = check()
+            except Exception as err:  # a failing check is reported, never raised
+                healthy, detail = False, f"{type(err).__name__}: {err}"
+            results.append((name, healthy, detail))
+        ok = all(healthy for _, healthy, _ in results)
+        if not verbose:
+            if ok:
+                return web.Response(text="ok")
+            failed = [f"[-]{name} failed: {detail}" for name, healthy, detail in results if not healthy]
+            return web.Response(text="\n".join(failed), status=500)
+        lines = [f"[+]{name} ok{(' (' + detail + ')') if detail else ''}" if healthy
+                 else f"[-]{name} failed: {detail}" for name, healthy, detail in results]
+        lines.append("readyz check passed" if ok else "readyz check failed")
+        return web.Response(text="\n".join(lines), status=200 if ok else 500)
 
     def _target(self, group: str, version: str, rest: list[str]) -> Target:
         namespace = ""
