@@ -8,9 +8,11 @@ lesson behaves the same on the embedded lab and on a real cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -65,23 +67,11 @@ class Lab:
 
     def apply(self, manifest: str | dict[str, Any] | Iterable[dict[str, Any]], *,
               namespace: str = "default") -> list[dict[str, Any]]:
-        """Server-side apply every object in ``manifest`` (YAML text, one object, or several)."""
-        if self._dynamic is None:
-            self._dynamic = dynamic.DynamicClient(self.clients.api_client)
-        if isinstance(manifest, str):
-            docs = [d for d in yaml.safe_load_all(manifest) if d]
-        elif isinstance(manifest, dict):
-            docs = [manifest]
-        else:
-            docs = list(manifest)
+        """Server-side apply every object in ``manifest`` (YAML text, a path to a YAML file, one object, or
+        several)."""
         applied = []
-        for doc in docs:
-            try:
-                resource = self._dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-            except (KeyError, TypeError) as err:
-                raise LabError(f"not a Kubernetes object (apiVersion and kind are required): {doc!r:.80}") from err
-            except dynamic.exceptions.ResourceNotFoundError as err:
-                raise LabError(f"the cluster does not serve {doc['kind']} in {doc['apiVersion']}") from err
+        for doc in self._documents(manifest):
+            resource = self._resource(doc)
             ns = (doc.get("metadata") or {}).get("namespace") or namespace
             try:
                 result = resource.server_side_apply(
@@ -93,13 +83,125 @@ class Lab:
             applied.append(result.to_dict())
         return applied
 
+    def delete(self, what: str | dict[str, Any] | Iterable[dict[str, Any]], name: str | None = None, *,
+               namespace: str = "default") -> list[str]:
+        """Delete objects: ``delete("deployment", "web")``, or every object of a manifest (YAML or dicts).
+
+        Returns ``kind/name`` of what was deleted; objects already gone are skipped, as ``kubectl delete
+        --ignore-not-found`` does.
+        """
+        if isinstance(what, str) and name is not None:
+            out = self.kubectl("delete", what, name, "-n", namespace, "--ignore-not-found", "-o", "name")
+            return out.split()
+        deleted = []
+        for doc in self._documents(what):
+            resource = self._resource(doc)
+            meta = doc.get("metadata") or {}
+            ns = meta.get("namespace") or namespace
+            try:
+                resource.delete(name=meta["name"], namespace=ns if resource.namespaced else None)
+            except ApiException as err:
+                if err.status == 404:
+                    continue
+                raise LabError(f"deleting {doc['kind']} {meta.get('name')!r} failed: {_status_message(err)}") from err
+            deleted.append(f"{doc['kind'].lower()}/{meta['name']}")
+        return deleted
+
+    def wait_ready(self, kind: str, name: str, *, namespace: str = "default", timeout: float = 60) -> dict[str, Any]:
+        """Wait until a Deployment (all replicas updated and available), DaemonSet, Pod (Ready) or other
+        object (exists) is ready; returns it, or raises LabError saying what it was still waiting for."""
+        kind = kind.lower().removesuffix("s")
+        deadline = time.monotonic() + timeout
+        why = "it does not exist yet"
+        while True:
+            obj = self._read(kind, name, namespace)
+            if obj is not None:
+                ready, why = _readiness(kind, obj)
+                if ready:
+                    return obj
+            if time.monotonic() >= deadline:
+                raise LabError(f"{kind} {namespace}/{name} was not ready after {timeout:.0f}s: {why}")
+            time.sleep(0.2)
+
+    def _read(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        readers = {
+            "deployment": self.clients.apps.read_namespaced_deployment,
+            "daemonset": self.clients.apps.read_namespaced_daemon_set,
+            "replicaset": self.clients.apps.read_namespaced_replica_set,
+            "pod": self.clients.core.read_namespaced_pod,
+            "service": self.clients.core.read_namespaced_service,
+        }
+        try:
+            if kind in readers:
+                return dict(self.clients.api_client.sanitize_for_serialization(readers[kind](name, namespace)))
+            out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json")
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise LabError(f"reading {kind} {namespace}/{name} failed: {_status_message(err)}") from err
+        except LabError as err:
+            if "NotFound" in str(err) or "not found" in str(err):
+                return None
+            raise
+        return dict(json.loads(out))
+
+    def _documents(self, manifest: str | dict[str, Any] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(manifest, str):
+            path = Path(manifest)
+            if "\n" not in manifest and path.suffix in (".yaml", ".yml", ".json") and path.exists():
+                manifest = path.read_text()
+            return [d for d in yaml.safe_load_all(manifest) if d]
+        if isinstance(manifest, dict):
+            return [manifest]
+        return list(manifest)
+
+    def _resource(self, doc: dict[str, Any]) -> Any:
+        if self._dynamic is None:
+            self._dynamic = dynamic.DynamicClient(self.clients.api_client)
+        try:
+            return self._dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        except (KeyError, TypeError) as err:
+            raise LabError(f"not a Kubernetes object (apiVersion and kind are required): {doc!r:.80}") from err
+        except dynamic.exceptions.ResourceNotFoundError as err:
+            raise LabError(f"the cluster does not serve {doc['kind']} in {doc['apiVersion']}") from err
+
     def close(self) -> None:
         self.clients.close()
 
 
-def _status_message(err: ApiException) -> str:
-    import json
+def _readiness(kind: str, obj: dict[str, Any]) -> tuple[bool, str]:
+    """Whether an object is ready, as ``kubectl rollout status`` / ``kubectl wait`` would judge it."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    if kind == "deployment":
+        want = spec.get("replicas", 1)
+        if (status.get("observedGeneration") or 0) < (meta.get("generation") or 0):
+            return False, "the controller has not observed the latest spec yet"
+        for field, label in (("updatedReplicas", "updated"), ("availableReplicas", "available")):
+            if (status.get(field) or 0) < want:
+                return False, f"{status.get(field) or 0} of {want} replicas {label}"
+        if (status.get("replicas") or 0) > want:
+            return False, f"{status['replicas'] - want} old replicas are still terminating"
+        return True, ""
+    if kind == "daemonset":
+        want = status.get("desiredNumberScheduled") or 0
+        ready = status.get("numberReady") or 0
+        return (want > 0 and ready >= want), f"{ready} of {want} pods ready"
+    if kind == "pod":
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        if conditions.get("Ready") == "True":
+            return True, ""
+        waiting = [c.get("state", {}).get("waiting", {}).get("reason") for c in status.get("containerStatuses") or []]
+        reasons = ", ".join(r for r in waiting if r)
+        return False, f"phase {status.get('phase', 'Pending')}" + (f" ({reasons})" if reasons else "")
+    if kind == "replicaset":
+        want = spec.get("replicas", 1)
+        ready = status.get("readyReplicas") or 0
+        return ready >= want, f"{ready} of {want} replicas ready"
+    return True, ""
 
+
+def _status_message(err: ApiException) -> str:
     try:
         return str(json.loads(err.body or "")["message"])
     except (ValueError, KeyError, TypeError):

@@ -46,3 +46,30 @@ def test_connect_without_a_running_lab_says_what_to_do(tmp_path: object, monkeyp
     monkeypatch.setenv("MESHLAB_HOME", str(tmp_path))
     with pytest.raises(LabError, match=r"meshlab.lab.up\(\)"):
         meshlab_lab.connect()
+
+
+def test_delete_by_manifest_and_by_name(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        manifest = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: gone-1}\n---\n"
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: gone-2}\n")
+        handle.apply(manifest)
+        assert handle.delete(manifest) == ["configmap/gone-1", "configmap/gone-2"]
+        assert handle.delete(manifest) == []  # already gone: nothing to do, no error
+        handle.apply(manifest)
+        if kubectl_path():
+            assert handle.delete("configmap", "gone-1") == ["configmap/gone-1"]
+    finally:
+        handle.close()
+
+
+def test_wait_ready_says_what_it_waited_for(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        handle.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "waited"},
+                      "spec": {"ports": [{"port": 80}]}})
+        assert handle.wait_ready("service", "waited", timeout=5)["metadata"]["name"] == "waited"
+        with pytest.raises(LabError, match="pod default/absent was not ready after 1s: it does not exist yet"):
+            handle.wait_ready("pod", "absent", timeout=1)
+    finally:
+        handle.close()
