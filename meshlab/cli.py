@@ -30,10 +30,13 @@ def _cluster(args: argparse.Namespace) -> int:
     if found is None:
         print(f"lab {lab.name!r}: not running (start it with `meshlab cluster up`)")
         return 3
-    print(f"lab {lab.name!r}: running on https://127.0.0.1:{found['port']} (pid {found['pid']})")
-    print(f"  state:      {lab.path}")
-    print(f"  kubeconfig: {lab.kubeconfig}")
-    return 0
+    from meshlab.cluster.health import format_table, lab_health
+
+    print(f"lab {lab.name!r}: running (pid {found['pid']}), state in {lab.path}")
+    print(f"  export KUBECONFIG={lab.kubeconfig}\n")
+    rows = lab_health(lab, int(found["port"]))
+    print(format_table(rows))
+    return 0 if all(r.healthy for r in rows) else 2
 
 
 def build_parser() -> argparse.ArgumentParser:
