@@ -62,13 +62,3 @@ def test_live_changes_reach_matching_watchers_only(tmp_path: Path) -> None:
     change = watcher.queue.get_nowait()
     assert change is not None and change.name == "a" and change.type == "ADDED"
 
-
-def test_readyz_verbose_parsing() -> None:
-    from meshlab.cluster.health import parse_readyz
-
-    text = "[+]meshlab-bootstrap ok\n[+]kubelet ok (node lab-node Ready)\n[-]kube-proxy failed: not started\n" \
-           "readyz check failed"
-    rows = parse_readyz(text)
-    assert [(r.component, r.healthy, r.detail) for r in rows] == [
-        ("meshlab-bootstrap", True, ""), ("kubelet", True, "node lab-node Ready"),
-        ("kube-proxy", False, "not started")]
