@@ -8,6 +8,7 @@ lesson behaves the same on the embedded lab and on a real cluster.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -209,9 +210,17 @@ def _status_message(err: ApiException) -> str:
 
 
 def up(name: str = "default") -> Lab:
-    """Start the embedded lab ``name`` (or find it running) and connect to it."""
+    """Start the embedded lab ``name`` (or find it running) and connect to it.
+
+    A lab this process started is stopped when the process exits (a notebook kernel, a script), so nothing
+    is left behind; a lab that was already running (started by ``meshlab lab``, ``meshlab cluster up`` or
+    another notebook) is reused and left running.
+    """
     labdir = LabDir.named(name)
+    started_here = supervisor.running(labdir) is None
     supervisor.up(labdir)
+    if started_here:
+        atexit.register(supervisor.down, labdir)
     return Lab(labdir.kubeconfig, embedded=labdir)
 
 
