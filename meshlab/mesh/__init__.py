@@ -1,0 +1,1 @@
+"""The mesh: the sidecar proxy, its control plane (pilot, citadel, mixer) and the sample apps it carries."""

@@ -1,0 +1,1 @@
+"""Small apps that lessons deploy as pods (image ``meshlab/<app>`` runs ``meshlab app <app>``)."""
