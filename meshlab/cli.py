@@ -8,6 +8,7 @@ import sys
 from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import MeshlabError
+from meshlab.mesh.apps import echo
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--name", default="default", help="lab name (default: default)")
     cluster.add_argument("--port", type=int, default=None, help="apiserver port (default: 6443 or a free one)")
     cluster.set_defaults(func=_cluster)
+    app = sub.add_parser("app", help="run a sample app in the foreground (what a meshlab/<app> image runs)")
+    apps = app.add_subparsers(dest="app", required=True)
+    echo_p = apps.add_parser("echo", help="answer every HTTP request with JSON about the request and the pod")
+    echo.add_arguments(echo_p)
+    echo_p.set_defaults(func=echo.run)
     return parser
 
 
