@@ -1,0 +1,222 @@
+"""The process kubelet: one node of the embedded lab, running each container as a local process.
+
+It registers its Node and keeps its Lease (:mod:`~.node`), watches the pods bound to it (``spec.nodeName``)
+and gives each one a worker (:mod:`~.worker`) that reconciles the pod's spec with its processes. It is
+also the apiserver's :class:`~meshlab.cluster.podio.PodIO`: ``kubectl logs`` reads the container log files,
+``kubectl exec`` runs a command in the container's environment. On start it first kills any container a
+previous run left behind (:mod:`~.reaping`), then brings every pod still in the store back up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshlab.cluster.kubelet import logs as logfiles
+from meshlab.cluster.kubelet.lifecycle import BackOffPolicy
+from meshlab.cluster.kubelet.node import NodeAgent
+from meshlab.cluster.kubelet.podnet import PodAddresses
+from meshlab.cluster.kubelet.reaping import Guard
+from meshlab.cluster.kubelet.sandbox import NodeContext
+from meshlab.cluster.kubelet.worker import PodWorker
+from meshlab.cluster.pki import TokenSigner
+from meshlab.cluster.podio import ExecProcess, LocalProcess, LogOptions
+from meshlab.cluster.rest import RestStorage, WriteOptions
+from meshlab.cluster.store import Watcher
+from meshlab.errors import ApiError, BadRequest
+
+log = logging.getLogger("meshlab.kubelet")
+
+Obj = dict[str, Any]
+
+
+def _optional_volume_support(rest: RestStorage, signer: TokenSigner, state_dir: Path) -> tuple[Any, Any]:
+    """The volume manager and isolation probe, when those modules are installed (else ``None, None``)."""
+    try:
+        from meshlab.cluster.kubelet import isolation, volumes
+    except ImportError:
+        return None, None
+    manager = volumes.VolumeManager(rest, signer, lab_dir=state_dir)
+    detected: list[tuple[Any, str]] = []
+
+    def detect() -> tuple[Any, str]:
+        if not detected:
+            detected.append(isolation.detect())
+        return detected[0]
+
+    return manager, detect
+
+
+def isolation_report() -> str:
+    """One line on how volumes are isolated on this machine (for ``meshlab cluster status``)."""
+    try:
+        from meshlab.cluster.kubelet import isolation
+    except ImportError:
+        return "volume isolation: not available (the kubelet's volume support is not installed)"
+    mode, text = isolation.detect()
+    return f"{getattr(mode, 'name', mode)}: {text}"
+
+
+class Kubelet:
+    """The lab's node agent (a supervisor part: ``start()`` / ``await stop()``) and its PodIO."""
+
+    def __init__(self, rest: RestStorage, *, state_dir: Path, signer: TokenSigner, apiserver_url: str,
+                 ca_pem: bytes, node_name: str = "lab-node", proxy_url: str | None = None,
+                 backoff: BackOffPolicy | None = None, stop_grace: float = 5.0) -> None:
+        self.rest = rest
+        self.node_name = node_name
+        self.state_dir = Path(state_dir)
+        self.ca_pem = ca_pem
+        self.stop_grace = stop_grace
+        url = urlsplit(apiserver_url)
+        opts = WriteOptions(user={"username": f"system:node:{node_name}", "groups": ["system:nodes"]},
+                            field_manager="kubelet")
+        kubelet_dir = self.state_dir / "kubelet"
+        self.node = NodeAgent(rest, node_name, self.state_dir, opts)
+        volumes, detect = _optional_volume_support(rest, signer, self.state_dir)
+        self.ctx = NodeContext(
+            rest=rest, opts=opts, node_name=node_name, state_dir=self.state_dir,
+            apiserver=(url.hostname or "127.0.0.1", url.port or 443), proxy_url=proxy_url,
+            allocatable=self.node.allocatable, addresses=PodAddresses(kubelet_dir / "pod-addresses.json"),
+            guard=Guard(kubelet_dir / "processes"), policy=backoff or BackOffPolicy(), volumes=volumes,
+            isolation=detect,
+        )
+        self.workers: dict[str, PodWorker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: Watcher | None = None
+        self.ready = asyncio.Event()  # the node is registered and the pods of the store are handed out
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.ctx.guard.start()
+        store = self.rest.store
+        self._watcher, _ = store.watch("/pods", "", store.resource_version)
+        self._tasks.append(asyncio.create_task(self._run(), name="kubelet"))
+
+    async def _run(self) -> None:
+        await self.node.register()
+        self._tasks.append(asyncio.create_task(self.node.run(), name="kubelet-heartbeat"))
+        mine = [pod for pod, _ in self.rest.store.scan("/pods") if self._bound_here(pod)]
+        self._collect_garbage({str(p["metadata"]["uid"]) for p in mine})
+        for pod in mine:
+            self._route(pod, deleted=False)
+        self.ready.set()
+        assert self._watcher is not None
+        while True:
+            change = await self._watcher.queue.get()
+            if change is None:
+                return
+            pod = change.prev if change.type == "DELETED" and change.prev is not None else change.obj
+            if self._bound_here(pod) or str(pod["metadata"].get("uid")) in self.workers:
+                self._route(pod, deleted=change.type == "DELETED")
+
+    def _bound_here(self, pod: Obj) -> bool:
+        return (pod.get("spec") or {}).get("nodeName") == self.node_name
+
+    def _collect_garbage(self, uids: set[str]) -> None:
+        """Files and addresses of pods that are gone (deleted while the kubelet was down)."""
+        self.ctx.addresses.retain_only(uids)
+        for directory in (self.state_dir / "pods").glob("*"):
+            if directory.name not in uids:
+                shutil.rmtree(directory, ignore_errors=True)
+        for directory in (self.state_dir / "logs" / "pods").glob("*"):
+            if directory.name.rsplit("_", 1)[-1] not in uids:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _route(self, pod: Obj, *, deleted: bool) -> None:
+        uid = str(pod["metadata"].get("uid"))
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(None if deleted or not self._bound_here(pod) else pod)
+            return
+        terminal = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if deleted:
+            shutil.rmtree(self.ctx.pod_dir(uid), ignore_errors=True)
+            shutil.rmtree(self.ctx.pod_log_dir(pod), ignore_errors=True)
+            self.ctx.addresses.release(uid)
+            return
+        if terminal and not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            return  # finished for good: nothing to run
+        worker = PodWorker(self.ctx, pod)
+        self.workers[uid] = worker
+        worker.start()
+        assert worker.task is not None
+        worker.task.add_done_callback(lambda _: self._forget(uid, worker))
+
+    def _forget(self, uid: str, worker: PodWorker) -> None:
+        if self.workers.get(uid) is worker:
+            del self.workers[uid]
+
+    async def stop(self) -> None:
+        """Stop every container (pods stay in the store) and the node's heartbeats."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._watcher is not None:
+            self.rest.store.unwatch(self._watcher)
+        workers = list(self.workers.values())
+        await asyncio.gather(*(w.shutdown(self.stop_grace) for w in workers), return_exceptions=True)
+        self.workers.clear()
+        with contextlib.suppress(ApiError, Exception):
+            await self.node.post_status(ready=False)
+        self.ctx.guard.close()
+
+    # -- PodIO ------------------------------------------------------------------------------------------------
+
+    def logs(self, pod: Obj, options: LogOptions) -> AsyncIterator[bytes]:
+        return self._logs(pod, options)
+
+    async def _logs(self, pod: Obj, options: LogOptions) -> AsyncIterator[bytes]:
+        name = pod["metadata"]["name"]
+        files = logfiles.instance_logs(self.ctx.pod_log_dir(pod) / options.container)
+        if options.previous:
+            if len(files) < 2:
+                raise BadRequest(f'previous terminated container "{options.container}" in pod "{name}" not found')
+            path = files[-2]
+        elif not files:
+            raise BadRequest(_waiting_message(pod, options.container))
+        else:
+            path = files[-1]
+
+        def still_writing() -> asyncio.Event | None:
+            writer = self.ctx.watched_logs.get(path)
+            return writer.changed if writer is not None else None
+
+        async for chunk in logfiles.read(path, options, still_writing=still_writing):
+            yield chunk
+
+    async def exec(self, pod: Obj, container: str, command: Sequence[str], *, tty: bool,
+                   stdin: bool) -> ExecProcess:
+        worker = self.workers.get(str(pod["metadata"].get("uid")))
+        if worker is None:
+            raise BadRequest(f'container not found ("{container}")')
+        try:
+            proc = await worker.exec_process(container, list(command), stdin=stdin)
+        except LookupError as err:
+            raise BadRequest(str(err)) from err
+        except FileNotFoundError as err:
+            raise BadRequest(f'exec: "{command[0]}": executable file not found in $PATH') from err
+        except PermissionError as err:
+            raise BadRequest(f'exec: "{command[0]}": permission denied') from err
+        return LocalProcess(proc)
+
+
+def _waiting_message(pod: Obj, container: str) -> str:
+    """Why there is no log yet, in the words of the kubelet's ``validateContainerLogStatus``."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    state = next((s.get("state") or {} for s in statuses if s.get("name") == container), {})
+    reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+    if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+        return f'container "{container}" in pod "{name}" is waiting to start: trying and failing to pull image'
+    return f'container "{container}" in pod "{name}" is waiting to start: {reason}'
