@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from meshlab import jupyter
 from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import MeshlabError
@@ -40,6 +42,10 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0 if all(r.healthy for r in rows) else 2
 
 
+def _lab(args: argparse.Namespace) -> int:
+    return jupyter.run(kubeconfig=args.kubeconfig, port=args.port, open_browser=not args.no_browser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshlab", description="Learn service meshes and Kubernetes storage.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     echo_p = apps.add_parser("echo", help="answer every HTTP request with JSON about the request and the pod")
     echo.add_arguments(echo_p)
     echo_p.set_defaults(func=echo.run)
+    lab = sub.add_parser("lab", help="start the embedded lab (or use --kubeconfig) and JupyterLab on notebooks/")
+    lab.add_argument("--kubeconfig", type=Path, default=None, help="use this cluster instead of the embedded lab")
+    lab.add_argument("--port", type=int, default=None, help="JupyterLab's port (default: 8888 or a free one)")
+    lab.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
+    lab.set_defaults(func=_lab)
     return parser
 
 
