@@ -11,7 +11,9 @@ round-robin, and the request is forwarded there as HTTP/1.1 with connection-spec
 fields removed in both directions (RFC 9110 §7.6.1). What cannot be routed is answered the way a proxy
 answers: 502 Bad Gateway when the name does not resolve or the backend refuses, 503 when the Service has no
 ready endpoint, 504 when the backend does not accept in time, and 405 for ``CONNECT`` (there is no tunnelling
-here: TLS between workloads is the mesh's job). :func:`resolve` is the whole decision, without I/O;
+here: TLS between workloads is the mesh's job). For the host (a browser, a notebook) the proxy also serves
+plain URLs shaped like the API server's service proxy, ``/api/v1/namespaces/<ns>/services/<name>:<port>/proxy/``
+(:func:`service_url`). :func:`request_target` and :func:`resolve` are the whole decision, without I/O;
 :class:`KubeProxy` only moves bytes.
 """
 
@@ -186,6 +188,57 @@ def end_to_end(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in fields if k.lower() not in drop]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a request is meant to go, and what to send upstream: ``authority`` becomes the Host field."""
+
+    host: str
+    port: int
+    authority: str
+    path: str  # as received, percent-encoding kept
+    query: str
+
+
+# The API server's service-proxy path (what `kubectl proxy` URLs look like), served here for the host's sake.
+_SERVICE_PROXY = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<name>[^/:]+):(?P<port>\d+)/proxy"
+                            r"(?P<rest>/.*)?")
+
+
+def service_url(proxy_port: int, service: str, port: int, *, namespace: str = "default", path: str = "/") -> str:
+    """A plain URL on the host that reaches ``service:port`` through the kube-proxy on ``proxy_port``."""
+    return (f"http://127.0.0.1:{proxy_port}/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/"
+            f"{path.lstrip('/')}")
+
+
+def request_target(target: str, host_field: str, *, proxy_port: int) -> Target:
+    """Read a request's target the ways the proxy accepts it.
+
+    * absolute form, ``http://echo.shop:8080/x`` — what clients send to a proxy (``HTTP_PROXY``);
+    * origin form to the proxy itself with a service-proxy path,
+      ``/api/v1/namespaces/shop/services/echo:8080/proxy/x`` — a plain URL the host can open (a browser, a
+      notebook), shaped like the API server's service proxy;
+    * any other origin form, routed by its Host field, as traffic captured on its way to a Service would be.
+    """
+    if target.lower().startswith("https://"):
+        raise Unroutable(400, "https:// targets cannot go through a plain HTTP proxy; use http:// URLs")
+    if not target.startswith("/"):
+        url = URL(target, encoded=True)
+        if url.scheme != "http" or not url.host:
+            raise Unroutable(400, f"cannot route the request target {target!r}: expected http://host[:port]/path")
+        return Target(url.host, url.port or 80, url.raw_authority, url.raw_path or "/", url.raw_query_string)
+    path, _, query = target.partition("?")
+    field = URL(f"http://{host_field}", encoded=True) if host_field else URL("http://")
+    if (field.host or "") in ("", "127.0.0.1", "localhost") and (field.port or 80) == proxy_port:
+        found = _SERVICE_PROXY.fullmatch(path)
+        if found is None:
+            raise Unroutable(400, "this is the lab's kube-proxy: send requests through it (HTTP_PROXY) to "
+                                  "http://<service>.<namespace>:<port>/, or open "
+                                  "/api/v1/namespaces/<namespace>/services/<service>:<port>/proxy/ on it")
+        host, port = f"{found['name']}.{found['ns']}", int(found["port"])
+        return Target(host, port, f"{host}:{port}", found["rest"] or "/", query)
+    return Target(field.host or "", field.port or 80, field.raw_authority, path, query)
+
+
 def caller_namespace(source_ip: str, proxy_authorization: str | None, pods: Iterable[dict[str, Any]]) -> str:
     """The namespace short names are relative to: the pod whose IP the request comes from; else the user
     name of ``Proxy-Authorization: Basic`` (what ``HTTP_PROXY=http://<namespace>:<pod>@host:port`` makes
@@ -297,43 +350,28 @@ class KubeProxy:
             if request.method == "CONNECT":
                 raise Unroutable(405, "CONNECT is not supported: the lab's kube-proxy forwards plain HTTP "
                                       "requests only (TLS between workloads is the mesh's job); use http:// URLs")
-            host, port = self._target(request)
+            target = request_target(request.raw_path, request.headers.get("Host", ""), proxy_port=self.port)
             pods = [obj for obj, _ in self.rest.store.scan("/pods")]
             namespace = caller_namespace(request.remote or "", request.headers.get("Proxy-Authorization"), pods)
             pod_ips = {ip for pod in pods if (ip := (pod.get("status") or {}).get("podIP"))}
-            route = resolve(host, port, namespace, self._services, self._endpoints, pod_ips=pod_ips)
+            route = resolve(target.host, target.port, namespace, self._services, self._endpoints, pod_ips=pod_ips)
             backend = self._balancer.pick(route)
-            return await self._forward(request, host, port, backend)
+            return await self._forward(request, target, backend)
         except Unroutable as refusal:
             headers = {"Allow": ALLOWED_METHODS} if refusal.status == 405 else {}
             return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
 
-    def _target(self, request: web.BaseRequest) -> tuple[str, int]:
-        """Host and port from the absolute-form target; an origin-form request is routed by its Host field,
-        as traffic captured on its way to a Service would be."""
-        target = request.raw_path
-        if target.lower().startswith("https://"):
-            raise Unroutable(400, "https:// targets cannot go through a plain HTTP proxy; use http:// URLs")
-        host = request.url.host or ""
-        if not target.startswith("/"):
-            return host, request.url.port or 80
-        if host in ("", "127.0.0.1", "localhost") and (request.url.port or 80) == self.port:
-            raise Unroutable(400, "this is the lab's kube-proxy, a forward proxy: send requests through it "
-                                  f"(HTTP_PROXY={self.url}) to http://<service>.<namespace>:<port>/")
-        return host, request.url.port or 80
-
-    async def _forward(self, request: web.BaseRequest, host: str, port: int,
-                       backend: Backend) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, target: Target, backend: Backend) -> web.StreamResponse:
         assert self._session is not None, "start() the kube-proxy first"
         headers = [(k, v) for k, v in end_to_end(request.headers.items()) if k.lower() not in ("host", "expect")]
         # The target's authority replaces whatever Host the client sent (RFC 9112 §3.2.2).
-        headers.append(("Host", request.url.raw_authority or host))
+        headers.append(("Host", target.authority))
         if request.headers.get("Expect", "").lower() == "100-continue":
             # The route is known, so the body is wanted: let the client send it (RFC 9110 §10.1.1).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _stream(request) if request.body_exists else None
         url = URL.build(scheme="http", host=backend.ip, port=backend.port, encoded=True,
-                        path=request.rel_url.raw_path, query_string=request.rel_url.raw_query_string)
+                        path=target.path, query_string=target.query)
         try:
             upstream = await self._session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False,

@@ -30,11 +30,14 @@ from meshlab.cluster.kube_proxy import (
     KubeProxy,
     RoundRobin,
     Route,
+    Target,
     Unroutable,
     caller_namespace,
     end_to_end,
+    request_target,
     resolve,
     service_key,
+    service_url,
 )
 from meshlab.cluster.labdir import LabDir
 
@@ -112,6 +115,40 @@ def test_resolve_says_why_nothing_answers(host: str, port: int, caller: str, sta
 ], ids=["name", "name.ns", "name.ns.svc", "fqdn", "three labels not svc", "pod dns", "leading digit", "empty"])
 def test_service_key(host: str, expected: tuple[str, str] | None) -> None:
     assert service_key(host, "caller") == expected
+
+
+SVC_PROXY = "/api/v1/namespaces/shop/services/web:80/proxy"
+
+
+@pytest.mark.parametrize(("target", "host_field", "expected"), [
+    ("http://web.shop:8080/a%2Fb?x=1", "ignored", Target("web.shop", 8080, "web.shop:8080", "/a%2Fb", "x=1")),
+    ("http://web", "", Target("web", 80, "web", "/", "")),
+    ("/a?b", "web.shop:81", Target("web.shop", 81, "web.shop:81", "/a", "b")),
+    (f"{SVC_PROXY}/x/y?z=1", "127.0.0.1:3128", Target("web.shop", 80, "web.shop:80", "/x/y", "z=1")),
+    (SVC_PROXY, "localhost:3128", Target("web.shop", 80, "web.shop:80", "/", "")),
+], ids=["absolute form", "absolute form, no path", "origin form by Host", "service-proxy path",
+        "service-proxy path, no slash"])
+def test_request_target(target: str, host_field: str, expected: Target) -> None:
+    assert request_target(target, host_field, proxy_port=3128) == expected
+
+
+@pytest.mark.parametrize(("target", "host_field", "message"), [
+    ("https://web.shop/", "", "https:// targets cannot go through a plain HTTP proxy"),
+    ("/", "127.0.0.1:3128", "this is the lab's kube-proxy"),
+    ("/api/v1/namespaces/shop/services/web/proxy/", "127.0.0.1:3128", "this is the lab's kube-proxy"),
+    ("ftp://web.shop/", "", "expected http://host[:port]/path"),
+], ids=["https", "the proxy's own root", "service-proxy path without a port", "other scheme"])
+def test_request_target_refuses(target: str, host_field: str, message: str) -> None:
+    with pytest.raises(Unroutable) as err:
+        request_target(target, host_field, proxy_port=3128)
+    assert err.value.status == 400 and message in err.value.message
+
+
+def test_service_url_is_read_back_as_its_service() -> None:
+    url = service_url(3128, "web", 80, namespace="shop", path="/x")
+    assert url == f"http://127.0.0.1:3128{SVC_PROXY}/x"
+    target = request_target(url.removeprefix("http://127.0.0.1:3128"), "127.0.0.1:3128", proxy_port=3128)
+    assert (target.host, target.port, target.path) == ("web.shop", 80, "/x")
 
 
 def test_round_robin_takes_turns_per_route() -> None:
@@ -318,6 +355,13 @@ def test_unroutable_requests_get_a_proxy_answer(session: requests.Session, url: 
     resp = session.get(url)
     assert (resp.status_code, resp.text) == (status, text)
     assert resp.headers["Content-Type"].startswith("text/plain")
+
+
+def test_the_host_reaches_a_service_by_a_plain_url(proxy_lab: tuple[LabDir, str]) -> None:
+    url = service_url(int(proxy_lab[1].rsplit(":", 1)[1]), "solo", 80, namespace="kp", path="/status?x=1")
+    answer = _answer(requests.get(url, proxies={"http": ""}, timeout=10))  # no proxy: a plain URL
+    assert (answer["pod"], answer["target"]) == (f"{NET}.0.2:8080", "/status?x=1")
+    assert dict(answer["headers"])["Host"] == "solo.kp:80"
 
 
 def _raw(proxy_url: str, request: bytes, *, source: str | None = None) -> bytes:
