@@ -1,0 +1,110 @@
+"""An in-process lab running every controller plus a fake kubelet, shared by the controller tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from meshlab import kube
+from meshlab.cluster import supervisor
+from meshlab.cluster.apiserver import ApiServer
+from meshlab.cluster.controllers import lab_controllers
+from meshlab.cluster.controllers.namespaces import NamespaceController
+from meshlab.cluster.labdir import LabDir
+from meshlab.cluster.resources import ResourceType
+from tests.cluster.controllers.fake_kubelet import FakeKubelet
+
+
+@dataclass
+class PodPeaks:
+    """The most pods (not terminating) ever seen at once per namespace, recorded on every pod write."""
+
+    server: ApiServer | None = None
+    peaks: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, operation: str, rt: ResourceType, old: Any, new: Any) -> None:
+        if rt.plural != "pods" or self.server is None:
+            return
+        obj = new or old
+        ns = obj["metadata"]["namespace"]
+        live = sum(1 for p, _ in self.server.rest.store.scan("/pods", ns)
+                   if not p["metadata"].get("deletionTimestamp"))
+        self.peaks[ns] = max(self.peaks.get(ns, 0), live)
+
+
+@dataclass
+class ControllerLab:
+    lab: LabDir
+    clients: kube.Clients
+    server: ApiServer
+    peaks: PodPeaks
+
+    def kubectl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(self.lab.kubeconfig), "KUBECACHEDIR": str(self.lab.kube_cache)}
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="package")
+def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerLab]:
+    lab = LabDir.named("controllers", tmp_path_factory.mktemp("controllers-home"))
+    port = supervisor._free_port(0)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    started = threading.Event()
+    holder: dict[str, ApiServer] = {}
+    peaks = PodPeaks()
+
+    def configure(server: ApiServer) -> list[Any]:
+        holder["server"] = server
+        peaks.server = server
+        server.rest.after_store.append(peaks)
+        ca_pem = (lab.pki / "ca.crt").read_bytes()
+        # The supervisor runs its own NamespaceController (the same class) already.
+        parts = [c for c in lab_controllers(server.rest, ca_pem=ca_pem) if not isinstance(c, NamespaceController)]
+        started.set()
+        return [FakeKubelet(server.rest), *parts]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(15)
+    wait_for(lambda: supervisor.running(lab) is not None, 15, "the lab to be ready")
+    clients = kube.clients(lab.kubeconfig)
+    wait_for(lambda: clients.core.list_node().items, 10, "lab-node")
+    yield ControllerLab(lab, clients, holder["server"], peaks)
+    clients.close()
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(timeout=15)
+    loop.close()
+
+
+@pytest.fixture()
+def ns(controller_lab: ControllerLab, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test (left for the lab's teardown: deleting it is itself a tested behaviour)."""
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + "-" + os.urandom(2).hex()
+    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
+    controller_lab.clients.core.create_namespace({"metadata": {"name": name}})
+    return name
