@@ -43,12 +43,13 @@ def _optional_volume_support(rest: RestStorage, signer: TokenSigner, state_dir: 
     except ImportError:
         return None, None
     manager = volumes.VolumeManager(rest, signer, lab_dir=state_dir)
-    detected: list[tuple[Any, str]] = []
+    detected: list[asyncio.Future[tuple[Any, str]]] = []
 
-    def detect() -> tuple[Any, str]:
+    async def detect() -> tuple[Any, str]:
+        # Detection runs a test container once (it may take a moment): off the event loop, shared.
         if not detected:
-            detected.append(isolation.detect())
-        return detected[0]
+            detected.append(asyncio.ensure_future(asyncio.to_thread(isolation.detect)))
+        return await detected[0]
 
     return manager, detect
 
@@ -90,6 +91,7 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Watcher | None = None
+        self._dependencies: list[Watcher] = []
         self.ready = asyncio.Event()  # the node is registered and the pods of the store are handed out
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -98,7 +100,19 @@ class Kubelet:
         self.ctx.guard.start()
         store = self.rest.store
         self._watcher, _ = store.watch("/pods", "", store.resource_version)
+        # What a waiting pod may wait for: retried as soon as it appears or changes.
+        for kind in ("/configmaps", "/secrets", "/serviceaccounts"):
+            watcher, _ = store.watch(kind, "", store.resource_version)
+            self._dependencies.append(watcher)
+            self._tasks.append(asyncio.create_task(self._watch_dependency(watcher), name=f"kubelet-{kind[1:]}"))
         self._tasks.append(asyncio.create_task(self._run(), name="kubelet"))
+        if self.ctx.isolation is not None:
+            self._tasks.append(asyncio.create_task(self._warm_isolation(), name="kubelet-isolation"))
+
+    async def _warm_isolation(self) -> None:
+        assert self.ctx.isolation is not None
+        mode, text = await self.ctx.isolation()
+        log.info("volume isolation: %s (%s)", getattr(mode, "name", mode), text)
 
     async def _run(self) -> None:
         await self.node.register()
@@ -116,6 +130,12 @@ class Kubelet:
             pod = change.prev if change.type == "DELETED" and change.prev is not None else change.obj
             if self._bound_here(pod) or str(pod["metadata"].get("uid")) in self.workers:
                 self._route(pod, deleted=change.type == "DELETED")
+
+    async def _watch_dependency(self, watcher: Watcher) -> None:
+        while (change := await watcher.queue.get()) is not None:
+            for worker in list(self.workers.values()):
+                if worker.last_pod["metadata"].get("namespace") == change.namespace:
+                    worker.poke()
 
     def _bound_here(self, pod: Obj) -> bool:
         return (pod.get("spec") or {}).get("nodeName") == self.node_name
@@ -161,8 +181,9 @@ class Kubelet:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._watcher is not None:
-            self.rest.store.unwatch(self._watcher)
+        for watcher in [self._watcher, *self._dependencies]:
+            if watcher is not None:
+                self.rest.store.unwatch(watcher)
         workers = list(self.workers.values())
         await asyncio.gather(*(w.shutdown(self.stop_grace) for w in workers), return_exceptions=True)
         self.workers.clear()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ class NodeContext:
     guard: Guard
     policy: BackOffPolicy
     volumes: Any | None = None  # a volumes.VolumeManager once that module is installed
-    isolation: Callable[[], tuple[Any, str]] | None = None  # isolation.detect, cached
+    isolation: Callable[[], Awaitable[tuple[Any, str]]] | None = None  # isolation.detect, run once
     host_ip: str = "127.0.0.1"
     watched_logs: dict[Path, Any] = field(default_factory=dict)  # log path -> LogWriter still writing
 
@@ -70,6 +70,15 @@ class NodeContext:
         found = [obj for obj, _ in self.rest.store.scan("/services", namespace)]
         master = self.lookup("services", "default", "kubernetes")
         return [*found, master] if master is not None and namespace != "default" else found
+
+
+class LaunchFailure(Exception):
+    """The container cannot be started as specified; ``reason`` is its waiting reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -91,19 +100,19 @@ class Sandbox:
         self.isolation_note = ""
         self._launched: dict[str, tuple[dict[str, str], str, list[Any]]] = {}
 
-    @staticmethod
-    def has_volumes(pod: Obj) -> bool:
-        return bool((pod.get("spec") or {}).get("volumes"))
-
     async def prepare(self, pod: Obj) -> None:
-        """Address, directory and volumes (raises the volume manager's ``VolumeError``)."""
+        """Address, directory and volumes (raises the volume manager's ``VolumeError``).
+
+        The volume manager decides which volumes a pod has: its ``spec.volumes`` plus, as the
+        ServiceAccount admission plugin would add, the service-account token volume."""
         spec = pod.get("spec") or {}
-        self.pod_ip = self.ctx.host_ip if spec.get("hostNetwork") else self.ctx.addresses.allocate(self.uid)
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.has_volumes(pod) and self.ctx.volumes is not None:
+        if self.ctx.volumes is not None:
             self.volume_paths = await self.ctx.volumes.setup(pod, self.directory)
-            if self.ctx.isolation is not None:
-                self.mode, self.isolation_note = self.ctx.isolation()
+            if self.volume_paths and self.ctx.isolation is not None:
+                self.mode, self.isolation_note = await self.ctx.isolation()
+        # the sandbox (and with it the pod's address) comes after the volumes, as with a real runtime
+        self.pod_ip = self.ctx.host_ip if spec.get("hostNetwork") else self.ctx.addresses.allocate(self.uid)
         self.ready = True
 
     async def refresh(self, pod: Obj) -> None:
@@ -124,7 +133,19 @@ class Sandbox:
         return env
 
     def launch(self, pod: Obj, container: Obj) -> Launch:
-        """How to start ``container`` now (raises ``ConfigError`` / ``ImageError``)."""
+        """How to start ``container`` now (raises :class:`LaunchFailure`)."""
+        try:
+            return self._launch(pod, container)
+        except environment.ConfigError as err:
+            raise LaunchFailure("CreateContainerConfigError", str(err)) from err
+        except images.ImageError as err:
+            raise LaunchFailure("ErrImagePull", str(err)) from err
+        except Exception as err:
+            if hasattr(err, "reason") and hasattr(err, "message"):  # the volume manager's VolumeError
+                raise LaunchFailure(str(err.reason), str(err.message)) from err
+            raise
+
+    def _launch(self, pod: Obj, container: Obj) -> Launch:
         image = images.parse(str(container.get("image", "")))
         namespace = pod["metadata"].get("namespace", "default")
         sources = environment.Sources(

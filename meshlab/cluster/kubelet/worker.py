@@ -21,13 +21,11 @@ from typing import Any
 
 from meshlab.cluster.controllers.events import record_event
 from meshlab.cluster.kubelet import lifecycle, podstatus, probing
-from meshlab.cluster.kubelet.environment import ConfigError
-from meshlab.cluster.kubelet.images import ImageError
 from meshlab.cluster.kubelet.lifecycle import Record
 from meshlab.cluster.kubelet.logs import instance_logs, parse_line
 from meshlab.cluster.kubelet.probes import ProbeSpec, Tracker, kill_message, probes_of
 from meshlab.cluster.kubelet.processes import ContainerProcess, die_with_parent
-from meshlab.cluster.kubelet.sandbox import NodeContext, Sandbox
+from meshlab.cluster.kubelet.sandbox import LaunchFailure, NodeContext, Sandbox
 from meshlab.errors import ApiError, Conflict, NotFound
 
 log = logging.getLogger("meshlab.kubelet")
@@ -35,6 +33,7 @@ log = logging.getLogger("meshlab.kubelet")
 Obj = dict[str, Any]
 
 CONFIG_RETRY = 1.0  # seconds between tries of a container whose configuration failed
+MOUNT_RETRY = (0.5, 32.0)  # volume set-up retries back off from 0.5 s to 32 s (the kubelet: to 2m2s)
 MIN_KILL_GRACE = 2.0  # the kubelet never kills with less (minimumGracePeriodInSeconds)
 REFRESH_VOLUMES = 60.0
 MESSAGE_LINES, MESSAGE_BYTES = 80, 2048  # FallbackToLogsOnError's share of the log
@@ -62,6 +61,7 @@ class PodWorker:
         self._written: tuple[Obj, Obj] | None = None  # (status computed, status stored) of our last write
         self._warned_isolation = False
         self._next_refresh = now + REFRESH_VOLUMES
+        self._mount_retry = MOUNT_RETRY[0]
 
     @staticmethod
     def _containers(pod: Obj) -> list[Obj]:
@@ -75,6 +75,14 @@ class PodWorker:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"pod-worker-{self.uid}")
+
+    def poke(self) -> None:
+        """Something this pod may be waiting for changed (a ConfigMap, Secret, ServiceAccount): retry now."""
+        timed = (lifecycle.CRASH_LOOP, lifecycle.ERR_IMAGE_PULL, lifecycle.IMAGE_PULL_BACKOFF)
+        waiting = not self.sandbox.ready or any(r.waiting and r.waiting[0] not in timed for r in self.records.values())
+        if waiting:
+            self._mount_retry = MOUNT_RETRY[0]
+            self.wake.set()
 
     def update(self, pod: Obj | None) -> None:
         self.pod = pod
@@ -112,7 +120,8 @@ class PodWorker:
             if not await self._prepare(pod):
                 await self._write_status(pod)
                 await self._flush_events(pod)
-                return now + CONFIG_RETRY
+                delay, self._mount_retry = self._mount_retry, min(self._mount_retry * 2, MOUNT_RETRY[1])
+                return now + delay
         elif self.sandbox.volume_paths and now >= self._next_refresh:
             self._next_refresh = now + REFRESH_VOLUMES
             self._spawn(self.sandbox.refresh(pod))
@@ -155,11 +164,10 @@ class PodWorker:
         now = time.time()
         try:
             launch = self.sandbox.launch(pod, container)
-        except (ConfigError, ImageError) as err:
-            message = str(err)
-            if record.waiting != (lifecycle.CONFIG_ERROR, message):
-                self.events.append(lifecycle.Event("Warning", "Failed", f"Error: {message}", name))
-            self.records[name] = replace(record, waiting=(lifecycle.CONFIG_ERROR, message))
+        except LaunchFailure as err:
+            if record.waiting != (err.reason, err.message):
+                self.events.append(lifecycle.Event("Warning", "Failed", f"Error: {err.message}", name))
+            self.records[name] = replace(record, waiting=(err.reason, err.message))
             self.retry_at = now + CONFIG_RETRY
             return
         image = str(container.get("image", ""))
