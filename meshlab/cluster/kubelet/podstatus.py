@@ -81,7 +81,8 @@ def container_status(container: Obj, record: Record, *, pod_has_init: bool, init
         status["imageID"] = _image_id(reference)
     if record.running is not None:
         status["state"] = {"running": {"startedAt": rfc3339(record.running.started_at)}}
-        status["ready"] = record.running.ready
+        # a regular init container is ready only once it has completed
+        status["ready"] = record.running.ready and (not init or container.get("restartPolicy") == "Always")
         status["started"] = record.running.started
         if record.last is not None:
             status["lastState"] = {"terminated": _terminated(record.last)}
