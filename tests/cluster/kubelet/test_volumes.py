@@ -1,110 +1,38 @@
 """The kubelet's volumes: what a pod's containers find in their volumes, set up against a real RestStorage.
 
 Objects are created through the lab's own RestStorage (validation and defaulting included), volumes are set
-up on disk under a temporary lab directory, and what a user would look at is checked: file contents and
-modes, the events' messages, tokens verified with the lab's signer.
+up on disk under a temporary lab directory, and what a user would look at is checked: file contents, modes
+and symlinks, the events' messages. Tokens and the downward API are in ``test_volume_tokens.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import itertools
 import os
 import socket
 import stat
 import threading
-from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.kubelet.volume_plugins import VolumeContext, VolumeError
 from meshlab.cluster.kubelet.volume_plugins import atomic_writer as writer
 from meshlab.cluster.kubelet.volume_plugins.atomic_writer import FileProjection
 from meshlab.cluster.kubelet.volume_plugins.local import HostPathPlugin
-from meshlab.cluster.kubelet.volumes import SERVICE_ACCOUNT_PATH, Mount, VolumeManager, access_volume_name
-from meshlab.cluster.pki import TokenSigner, ensure_pki
-from meshlab.cluster.rest import RestStorage, WriteOptions
-from meshlab.cluster.store import Store
-
-T = TypeVar("T")
-_names = itertools.count()
-
-
-@dataclass
-class Api:
-    rest: RestStorage
-    signer: TokenSigner
-    lab_dir: Path
+from meshlab.cluster.kubelet.volumes import Mount, VolumeManager
+from tests.cluster.kubelet.volume_lab import CONFIG, SECRET, Api, Env, new_env, no_token, open_api, user_files
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    lab_dir = tmp_path_factory.mktemp("lab")
-    store = Store(lab_dir / "state.db")
-    server = ApiServer(store, pki=ensure_pki(lab_dir / "pki"))
-    yield Api(server.rest, server.signer, lab_dir)
-    store.close()
-
-
-@dataclass
-class Env:
-    api: Api
-    namespace: str
-    pod_dir: Path
-    manager: VolumeManager
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run(coro)
-
-    def create(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        rt = self.api.rest.registry.lookup("", "v1", plural)
-        assert rt is not None
-        return self.run(self.api.rest.create(rt, self.namespace if rt.namespaced else "", obj, WriteOptions()))
-
-    def update(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        rt = self.api.rest.registry.lookup("", "v1", plural)
-        assert rt is not None
-        obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}}
-        return self.run(self.api.rest.update(rt, self.namespace, obj["metadata"]["name"], obj, WriteOptions()))
-
-    def pod(self, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]] | None = None,
-            **spec: Any) -> dict[str, Any]:
-        if mounts is None:
-            mounts = [{"name": v["name"], "mountPath": f"/mnt/{v['name']}"} for v in volumes]
-        container = {"name": "app", "image": "meshlab/echo:1", "volumeMounts": mounts, **spec.pop("container", {})}
-        return self.create("pods", {"metadata": {"name": f"pod{next(_names)}", "labels": {"app": "demo"}},
-                                    "spec": {"containers": [container], "volumes": volumes, **spec}})
-
-    def setup(self, pod: dict[str, Any]) -> dict[str, Path]:
-        return self.run(self.manager.setup(pod, self.pod_dir))
-
-    def failure(self, pod: dict[str, Any]) -> VolumeError:
-        with pytest.raises(VolumeError) as info:
-            self.setup(pod)
-        return info.value
-
-    def events(self) -> list[dict[str, Any]]:
-        rt = self.api.rest.registry.lookup("", "v1", "events")
-        assert rt is not None
-        return [e for e, _ in self.api.rest.select(rt, self.namespace)]
+    yield from open_api(tmp_path_factory)
 
 
 @pytest.fixture()
-def env(api: Api, tmp_path: Path) -> Env:
-    namespace = f"vol{next(_names)}"
-    e = Env(api, namespace, api.lab_dir / "pods" / namespace, VolumeManager(api.rest, api.signer, lab_dir=api.lab_dir))
-    e.create("namespaces", {"metadata": {"name": namespace}})
-    e.create("serviceaccounts", {"metadata": {"name": "default"}})
-    return e
-
-
-def no_token(**spec: Any) -> dict[str, Any]:
-    return {"automountServiceAccountToken": False, **spec}
+def env(api: Api) -> Env:
+    return new_env(api)
 
 
 # -- hostPath ------------------------------------------------------------------------------------------------
@@ -201,11 +129,6 @@ def test_unknown_host_path_type_is_a_failed_mount(env: Env) -> None:
 
 # -- configMap and secret ------------------------------------------------------------------------------------
 
-CONFIG = {"metadata": {"name": "settings"}, "data": {"a.conf": "alpha", "b.conf": "beta"},
-          "binaryData": {"blob": base64.b64encode(b"\x00\x01").decode()}}
-SECRET = {"metadata": {"name": "creds"}, "data": {"user": base64.b64encode(b"admin").decode(),
-                                                  "pass": base64.b64encode(b"s3cret").decode()}}
-
 API_DATA_CASES = [
     ("configMap: every key, mode 0644",
      {"configMap": {"name": "settings"}},
@@ -236,21 +159,6 @@ API_DATA_CASES = [
     ("secret key missing", {"secret": {"secretName": "creds", "items": [{"key": "token", "path": "t"}]}}, None,
      "secret references non-existent secret key: token"),
 ]
-
-
-def user_files(root: Path) -> dict[str, tuple[bytes, int]]:
-    """What a container sees: every file reachable through the visible names (symlinks followed)."""
-    seen = {}
-    for dirpath, _, files in os.walk(root, followlinks=True):
-        rel_dir = Path(dirpath).relative_to(root)
-        if any(part.startswith("..") for part in rel_dir.parts):
-            continue
-        for name in files:
-            if name.startswith(".."):
-                continue
-            full = Path(dirpath, name)
-            seen[(rel_dir / name).as_posix()] = (full.read_bytes(), stat.S_IMODE(full.stat().st_mode))
-    return seen
 
 
 @pytest.mark.parametrize(("source", "expected", "error"), [c[1:] for c in API_DATA_CASES],
@@ -315,133 +223,6 @@ def test_readers_never_see_a_partial_update(tmp_path: Path) -> None:
 def test_payload_paths_are_checked(tmp_path: Path, path: str, message: str) -> None:
     with pytest.raises(writer.PayloadError, match=message):
         writer.write(tmp_path, {path: FileProjection(b"x", 0o644)})
-
-
-# -- downwardAPI -----------------------------------------------------------------------------------------------
-
-DOWNWARD_CASES = [
-    ("metadata.name", {"fieldRef": {"fieldPath": "metadata.name"}}, "{name}"),
-    ("metadata.namespace", {"fieldRef": {"fieldPath": "metadata.namespace"}}, "{namespace}"),
-    ("metadata.labels as key=\"value\" lines", {"fieldRef": {"fieldPath": "metadata.labels"}},
-     'app="demo"\ntier="web \\"front\\""'),
-    ("one annotation", {"fieldRef": {"fieldPath": "metadata.annotations['team']"}}, "blue"),
-    ("limits.cpu in millicores", {"resourceFieldRef": {"containerName": "app", "resource": "limits.cpu",
-                                                        "divisor": "1m"}}, "500"),
-    ("limits.cpu rounds up to whole cores", {"resourceFieldRef": {"containerName": "app",
-                                                                  "resource": "limits.cpu"}}, "1"),
-    ("requests.memory in Mi", {"resourceFieldRef": {"containerName": "app", "resource": "requests.memory",
-                                                     "divisor": "1Mi"}}, "64"),
-    ("unset memory limit: the node's memory", {"resourceFieldRef": {"containerName": "app",
-                                                                    "resource": "limits.memory"}}, "{memory}"),
-]
-
-
-@pytest.mark.parametrize(("ref", "expected"), [c[1:] for c in DOWNWARD_CASES], ids=[c[0] for c in DOWNWARD_CASES])
-def test_downward_api(env: Env, ref: dict[str, Any], expected: str) -> None:
-    pod = env.pod([{"name": "info", "downwardAPI": {"items": [{"path": "value", **ref}]}}], **no_token(
-        container={"resources": {"limits": {"cpu": "500m"}, "requests": {"cpu": "250m", "memory": "64Mi"}}}))
-    pod["metadata"]["labels"]["tier"] = 'web "front"'
-    pod["metadata"]["annotations"] = {"team": "blue"}
-    root = env.setup(pod)["info"]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    want = expected.format(name=pod["metadata"]["name"], namespace=env.namespace, memory=memory)
-    assert (root / "value").read_text() == want
-
-
-def test_downward_api_refuses_env_only_fields(env: Env) -> None:
-    pod = env.pod([{"name": "info", "downwardAPI": {"items": [
-        {"path": "node", "fieldRef": {"fieldPath": "spec.nodeName"}}]}}], **no_token())
-    failure = env.failure(pod)
-    assert 'fieldPath "spec.nodeName" is not supported in a volume' in failure.message
-
-
-# -- projected and service-account tokens ----------------------------------------------------------------------
-
-
-def test_projected_volume_has_every_source(env: Env) -> None:
-    env.create("configmaps", CONFIG)
-    env.create("secrets", SECRET)
-    pod = env.pod([{"name": "all", "projected": {"defaultMode": 0o640, "sources": [
-        {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "vault/token"}},
-        {"configMap": {"name": "settings", "items": [{"key": "a.conf", "path": "a.conf"}]}},
-        {"secret": {"name": "creds", "items": [{"key": "user", "path": "user", "mode": 0o400}]}},
-        {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-    ]}}], **no_token())
-    root = env.setup(pod)["all"]
-    files = user_files(root)
-    token = files.pop("vault/token")
-    assert files == {"a.conf": (b"alpha", 0o640), "user": (b"admin", 0o400), "labels": (b'app="demo"', 0o640)}
-    assert token[1] == 0o640
-    claims = env.api.signer.verify(token[0].decode(), audiences=["vault"])
-    assert claims["sub"] == f"system:serviceaccount:{env.namespace}:default"
-    assert claims["kubernetes.io"]["pod"] == {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
-    assert claims["exp"] - claims["iat"] == 600
-
-
-def test_projected_token_needs_its_service_account(env: Env) -> None:
-    pod = env.pod([{"name": "tok", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}],
-                  **no_token(serviceAccountName="robot"))
-    assert 'failed to fetch token: serviceaccounts "robot" not found' in env.failure(pod).message
-
-
-def test_token_rotates_at_80_percent_of_its_life(env: Env) -> None:
-    now = [1_900_000_000.0]
-    env.manager.clock = lambda: now[0]
-    pod = env.pod([{"name": "tok", "projected": {"sources": [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": 1000}}]}}], **no_token())
-    root = env.setup(pod)["tok"]
-    first = (root / "token").read_text()
-    now[0] += 799
-    env.run(env.manager.refresh(pod, env.pod_dir))
-    assert (root / "token").read_text() == first, "a token at 79.9% of its life is kept"
-    now[0] += 2
-    env.run(env.manager.refresh(pod, env.pod_dir))
-    second = (root / "token").read_text()
-    assert second != first
-    claims = env.api.signer.verify(second, now=now[0])
-    assert claims["iat"] == int(now[0]) and claims["exp"] == int(now[0]) + 1000
-
-
-def test_default_token_volume_makes_in_cluster_config_work(env: Env) -> None:
-    pod = env.pod([])
-    paths = env.setup(pod)
-    name = access_volume_name(pod)
-    assert list(paths) == [name] and name.startswith("kube-api-access-")
-    [mount] = env.manager.mounts_for(pod, pod["spec"]["containers"][0], paths)
-    assert mount == Mount(paths[name], SERVICE_ACCOUNT_PATH, True)
-    root = paths[name]
-    assert (root / "namespace").read_text() == env.namespace
-    assert (root / "ca.crt").read_bytes() == (env.api.lab_dir / "pki" / "ca.crt").read_bytes()
-    claims = env.api.signer.verify((root / "token").read_text())
-    assert claims["sub"] == f"system:serviceaccount:{env.namespace}:default"
-
-
-def test_kube_root_ca_config_map_wins_over_the_lab_ca(env: Env) -> None:
-    env.create("configmaps", {"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": "PUBLISHED"}})
-    pod = env.pod([])
-    paths = env.setup(pod)
-    assert (paths[access_volume_name(pod)] / "ca.crt").read_text() == "PUBLISHED"
-
-
-@pytest.mark.parametrize(("pod_spec", "sa_automount", "container_mounts", "injected"), [
-    ({}, None, [], True),
-    ({"automountServiceAccountToken": False}, None, [], False),
-    ({}, False, [], False),
-    ({"automountServiceAccountToken": True}, False, [], True),
-    ({}, None, [{"name": "own", "mountPath": SERVICE_ACCOUNT_PATH}], False),
-], ids=["by default", "pod opts out", "service account opts out", "pod overrides the service account",
-        "container mounts its own"])
-def test_when_the_token_volume_is_injected(env: Env, pod_spec: dict[str, Any], sa_automount: bool | None,
-                                           container_mounts: list[dict[str, Any]], injected: bool) -> None:
-    if sa_automount is not None:
-        env.create("serviceaccounts", {"metadata": {"name": "robot"}, "automountServiceAccountToken": sa_automount})
-        pod_spec = {**pod_spec, "serviceAccountName": "robot"}
-    volumes = [{"name": "own", "emptyDir": {}}] if container_mounts else []
-    pod = env.pod(volumes, container_mounts, **pod_spec)
-    paths = env.setup(pod)
-    assert (access_volume_name(pod) in paths) is injected
-    targets = [m.target for m in env.manager.mounts_for(pod, pod["spec"]["containers"][0], paths)]
-    assert targets.count(SERVICE_ACCOUNT_PATH) == (1 if injected or container_mounts else 0)
 
 
 # -- mounts: subPath, readOnly ---------------------------------------------------------------------------------
