@@ -309,6 +309,10 @@ class KubeProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None and self._starting is not None and self._starting.done()
+
     def url_for(self, namespace: str, pod: str) -> str:
         """A proxy URL that tells the proxy which namespace short names are relative to (see
         :func:`caller_namespace`), for pods whose connections come from the node's address."""

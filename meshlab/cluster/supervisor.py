@@ -27,8 +27,11 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshlab.cluster.apiserver import ApiServer
+from meshlab.cluster.controllers import lab_controllers
 from meshlab.cluster.controllers.namespaces import NamespaceController
 from meshlab.cluster.kind_hooks import ClusterIPs, CrdServing, establish_crd
+from meshlab.cluster.kube_proxy import KubeProxy
+from meshlab.cluster.kubelet.kubelet import Kubelet, isolation_report
 from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.pki import ensure_pki
 from meshlab.cluster.rest import RestStorage, WriteOptions
@@ -88,12 +91,41 @@ def _free_port(preferred: int) -> int:
 Configure = Callable[[ApiServer], list[Part]]
 
 
+def runtime_parts(server: ApiServer, lab: LabDir, port: int) -> list[Part]:
+    """The lab runtime: controllers, kube-proxy and the kubelet of ``lab-node`` (registered as the
+    apiserver's PodIO), each with a readiness check of its own."""
+    rest = server.rest
+    ca_pem = server.pki.ca_cert.read_bytes()
+    controllers = lab_controllers(rest, ca_pem=ca_pem)
+    proxy = KubeProxy(rest)  # binds now, so pods get its URL as HTTP_PROXY
+    kubelet = Kubelet(rest, state_dir=lab.path, signer=server.signer, apiserver_url=f"https://127.0.0.1:{port}",
+                      ca_pem=ca_pem, proxy_url=proxy.url)
+
+    def controllers_check() -> tuple[bool, str]:
+        dead = [type(c).__name__ for c in controllers if not c.running]
+        return (not dead, f"{len(controllers)} running" if not dead else f"stopped: {', '.join(dead)}")
+
+    def kubelet_check() -> tuple[bool, str]:
+        found = rest.store.get(("/nodes", "", kubelet.node_name))
+        status = (found[1].get("status") or {}) if found else {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return ready, f"node {kubelet.node_name} {'Ready' if ready else 'NotReady'}; {isolation_report()}"
+
+    def proxy_check() -> tuple[bool, str]:
+        return proxy.serving, proxy.url if proxy.serving else "not serving"
+
+    server.health_checks.update({"controllers": controllers_check, "kubelet": kubelet_check,
+                                 "kube-proxy": proxy_check})
+    server.pod_io = kubelet
+    return [*controllers, proxy, kubelet]
+
+
 async def serve(lab: LabDir, port: int, *, configure: Configure | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, runtime: bool = True) -> None:
     """Run the lab in this process until SIGTERM/SIGINT (or until ``stop`` is set).
 
-    ``configure`` adds parts (a kubelet registers itself as the apiserver's ``pod_io`` there, and returns
-    the parts to start and stop with the lab).
+    ``runtime=False`` runs the apiserver alone (no controllers but namespace deletion, no kubelet).
+    ``configure`` adds parts after the runtime's (a test can register its own PodIO there).
     """
     lab.create()
     pki = ensure_pki(lab.pki)
@@ -108,7 +140,7 @@ async def serve(lab: LabDir, port: int, *, configure: Configure | None = None,
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server.ssl_context(), reuse_address=True)
     await site.start()
     await bootstrap(rest, port)
-    parts: list[Part] = [NamespaceController(rest)]
+    parts: list[Part] = runtime_parts(server, lab, port) if runtime else [NamespaceController(rest)]
     if configure is not None:
         parts.extend(configure(server))
     for part in parts:

@@ -57,6 +57,10 @@ class Controller(abc.ABC):
         for watcher in self._watchers:
             self.rest.store.unwatch(watcher)
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def poke(self) -> None:
         """Ask for a sync soon (e.g. when a timer the controller keeps has expired)."""
         self._dirty.set()

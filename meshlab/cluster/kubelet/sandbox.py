@@ -125,7 +125,9 @@ class Sandbox:
     def base_environment(self, pod: Obj) -> dict[str, str]:
         spec = pod.get("spec") or {}
         env = {"PATH": f"{environment_bin()}:{_SYSTEM_PATH}", "HOME": str(self.directory),
-               "HOSTNAME": str(spec.get("hostname") or pod["metadata"]["name"]), "LANG": "C.UTF-8"}
+               "HOSTNAME": str(spec.get("hostname") or pod["metadata"]["name"]), "LANG": "C.UTF-8",
+               # the lab's stand-in for a pod network namespace: meshlab's programs listen here (podnet.py)
+               "MESHLAB_POD_IP": str(self.pod_ip)}
         if self.ctx.proxy_url:
             bypass = ",".join(dict.fromkeys([self.pod_ip, "127.0.0.1", "localhost", self.ctx.apiserver[0]]))
             env.update({"HTTP_PROXY": self.ctx.proxy_url, "http_proxy": self.ctx.proxy_url,

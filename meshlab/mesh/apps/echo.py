@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from meshlab.podnet import listen_address
+
 DEFAULT_PORT = 8080
 # What each field of the answer's "pod" is read from: env variables a manifest sets with the downward API.
 DOWNWARD_API = {"name": "POD_NAME", "namespace": "POD_NAMESPACE", "ip": "POD_IP", "node": "NODE_NAME"}
@@ -108,7 +110,8 @@ def _pretty(document: Any) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=None, help="address to listen on (default: $POD_IP, else 0.0.0.0)")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default: the pod's address, see meshlab.podnet)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     parser.add_argument("--message", default=None, help="a message to include in every answer "
                                                         "(default: $ECHO_MESSAGE)")
@@ -116,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT (aiohttp's ``run_app`` stops gracefully on both)."""
-    host = args.host or os.environ.get("POD_IP") or "0.0.0.0"
+    host = args.host or listen_address()
     who = Identity.from_env(os.environ, socket.gethostname(), args.message or os.environ.get("ECHO_MESSAGE", ""))
     pod = f"{who.pod.get('namespace', '?')}/{who.pod.get('name', '?')}"
     print(f"echo listening on http://{host}:{args.port} as pod {pod}", flush=True)
