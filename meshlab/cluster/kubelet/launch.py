@@ -94,8 +94,8 @@ def wrap(command: Sequence[str], *, mounts: Sequence[MountLike], workdir: str | 
          mode: IsolationMode) -> list[str]:
     """The argv that runs ``command`` with ``mounts`` at their targets (through this launcher).
 
-    In mode ``NONE`` nothing can be mounted: the command runs as is, in the host directory of the volume that
-    holds ``workdir`` when there is one (give the process :func:`fallback_env` too).
+    In mode ``NONE`` nothing can be mounted: the command runs as is (give it :func:`fallback_env` too), in
+    ``workdir`` mapped by :func:`fallback_path` (a volume's host directory) when that exists on the host.
     """
     import json
 
@@ -104,7 +104,7 @@ def wrap(command: Sequence[str], *, mounts: Sequence[MountLike], workdir: str | 
     spec = {"mode": mode.value, "workdir": workdir,
             "mounts": [{"source": os.fspath(m.source), "target": m.target, "readOnly": bool(m.read_only)}
                        for m in mounts]}
-    if mode.value == "none" and fallback_path(workdir or "", _fallback_table(mounts)) == (workdir or ""):
+    if mode.value == "none" and not workdir:
         return list(command)
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(spec, separators=(",", ":")),
             "--", *command]
@@ -318,8 +318,13 @@ def enter(mounts: Sequence[MountLike], workdir: str | None, mode: str) -> None:
     if mode not in MODES:
         raise LaunchError(f"unknown isolation mode {mode!r}")
     if mode == "none":
-        if workdir:
-            os.chdir(fallback_path(workdir, _fallback_table(mounts)))
+        where = fallback_path(workdir or "", _fallback_table(mounts))
+        if os.path.isdir(where):
+            os.chdir(where)
+        elif where:
+            # Nothing may be created on the host: say so in the container's log and keep the kubelet's cwd.
+            print(f"meshlab launch: workingDir {workdir} does not exist on this host and cannot be created "
+                  f"without a mount namespace; starting in {os.getcwd()}", file=sys.stderr)
         return
     try:
         cwd = os.getcwd()

@@ -230,6 +230,9 @@ def test_fallback_without_mount_namespaces(volume: Path) -> None:
                        mode=mode)
     done = run(argv, env)
     assert done.stdout.splitlines() == [str(volume), "hello from the host"], done.stderr
+    elsewhere = run(launch.wrap(["pwd"], mounts=mounts, workdir="/no/such/dir", mode=mode))
+    assert elsewhere.stdout.strip() == os.getcwd()
+    assert "workingDir /no/such/dir does not exist on this host and cannot be created" in elsewhere.stderr
 
 
 @pytest.mark.parametrize(("choice", "message"), [
