@@ -1,8 +1,8 @@
 """`kubectl exec` and `kubectl logs` through the apiserver's PodIO hook.
 
-The lab runtime's kubelet plugs into this hook; here a small PodIO that runs commands as local processes
-stands in for it, so the WebSocket channel protocol and the log stream are tested with the real kubectl and
-the real Python client.
+The lab runtime's kubelet plugs into this hook; here the apiserver runs alone with a small PodIO that runs
+commands as local processes, so the WebSocket channel protocol and the log stream are tested with the real
+kubectl and the real Python client independently of the kubelet.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def pod_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDir]:
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop))
+        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -1,8 +1,7 @@
 """The real kubectl, driven through the command table of `reference/kubernetes-api.md`.
 
-Rows run in order against one namespace (later rows use what earlier rows made). `port-forward` and `top`
-are out of scope; `logs`, `exec` and `rollout status` are checked for the answer a learner gets before the
-lab runtime (kubelet, controllers) runs pods.
+Rows run in order against one namespace (later rows use what earlier rows made), on a lab with its runtime
+(controllers, kubelet), so pods really run. `port-forward` and `top` are out of scope.
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ ROWS: list[tuple[str, list[str], str | None, list[str]]] = [
     ("apply --server-side", ["-n", NS, "apply", "--server-side", "-f", "-"], POD, [r"pod/solo serverside-applied"]),
     ("create -f", ["-n", NS, "create", "-f", "-"], POD.replace("solo", "duo"), [r"pod/duo created"]),
     ("get pods", ["-n", NS, "get", "pods"], None,
-     [r"NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE", r"solo\s+0/1\s+Pending\s+0"]),
+     [r"NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE", r"solo\s+[01]/1\s+\S+\s+0\s"]),
     ("get pods -o wide", ["-n", NS, "get", "pods", "-o", "wide"], None,
      [r"NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE\s+IP\s+NODE"]),
     ("get -o yaml", ["-n", NS, "get", "configmap", "settings", "-o", "yaml"], None,
@@ -136,6 +135,14 @@ ROWS: list[tuple[str, list[str], str | None, list[str]]] = [
     ("get all", ["-n", NS, "get", "all"], None, [r"pod/solo", r"deployment.apps/shop"]),
     ("explain", ["explain", "deployment.spec"], None, [r"replicas\s+<integer>", r"DeploymentSpec"]),
     ("scale", ["-n", NS, "scale", "deployment", "shop", "--replicas=3"], None, [r"deployment.apps/shop scaled"]),
+    ("rollout status", ["-n", NS, "rollout", "status", "deployment/shop", "--timeout=60s"], None,
+     [r'deployment "shop" successfully rolled out']),
+    ("wait pod Ready", ["-n", NS, "wait", "--for=condition=Ready", "pod/solo", "--timeout=60s"], None,
+     [r"pod/solo condition met"]),
+    ("exec", ["-n", NS, "exec", "solo", "--", "python", "-c", "print('inside', 6 * 7)"], None, [r"^inside 42$"]),
+    ("logs", ["-n", NS, "logs", "deployment/shop"], None, [r"listening on http://127\.\d+\.\d+\.\d+:8080"]),
+    ("rollout history", ["-n", NS, "rollout", "history", "deployment/shop"], None, [r"REVISION", r"^1\s", r"^2\s"]),
+    ("rollout undo", ["-n", NS, "rollout", "undo", "deployment/shop"], None, [r"deployment.apps/shop rolled back"]),
     ("label", ["-n", NS, "label", "configmap", "settings", "tier=backend"], None, [r"configmap/settings labeled"]),
     ("annotate", ["-n", NS, "annotate", "configmap", "settings", "note=hi"], None, [r"configmap/settings annotated"]),
     ("get -l", ["-n", NS, "get", "configmaps", "-l", "tier=backend", "-o", "name"], None, [r"^configmap/settings$"]),
@@ -158,7 +165,8 @@ ROWS: list[tuple[str, list[str], str | None, list[str]]] = [
     ("get custom resource by short name", ["-n", NS, "get", "gd"], None, [r"NAME\s+SIZE$", r"g1\s+3$"]),
     ("explain custom resource", ["explain", "gadget.spec"], None, [r"What the gadget should be", r"size\s+<integer>"]),
     ("delete", ["-n", NS, "delete", "configmap", "settings"], None, [r'configmap "settings" deleted']),
-    ("delete pod (not bound: immediate)", ["-n", NS, "delete", "pod", "duo"], None, [r'pod "duo" deleted']),
+    ("delete pod (graceful: the kubelet stops it first)", ["-n", NS, "delete", "pod", "duo"], None,
+     [r'pod "duo" deleted']),
 ]
 
 
@@ -193,12 +201,12 @@ def test_get_watch_prints_new_objects(kubectl: Kubectl) -> None:
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (["logs", "solo"], r"pod solo does not have a host assigned"),
-        (["exec", "solo", "--", "true"], r"pod solo does not have a host assigned"),
+        (["logs", "solo", "-c", "nope"], r"container nope is not valid for pod solo"),
+        (["exec", "solo", "--", "no-such-command"], r"no-such-command"),
         (["get", "nosuchkind"], r"the server doesn't have a resource type \"nosuchkind\""),
         (["get", "pod", "missing"], r'pods "missing" not found'),
     ],
-    ids=["logs before a kubelet", "exec before a kubelet", "unknown kind", "missing object"],
+    ids=["logs of an unknown container", "exec of an unknown command", "unknown kind", "missing object"],
 )
 def test_kubectl_errors_are_clear(kubectl: Kubectl, args: list[str], pattern: str) -> None:
     proc = kubectl("-n", NS, *args, check=False)
