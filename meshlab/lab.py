@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from meshlab import kube
 from meshlab.cluster import supervisor
+from meshlab.cluster.kube_proxy import service_url
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import LabError
 
@@ -83,6 +86,32 @@ class Lab:
                                f"{_status_message(err)}") from err
             applied.append(result.to_dict())
         return applied
+
+    def url(self, service: str, port: int, *, namespace: str = "default", path: str = "/") -> str:
+        """A URL on this machine that reaches ``service:port`` through the lab's kube-proxy (load-balanced
+        over the ready endpoints, as a ClusterIP would be), for a browser or ``urllib`` in a notebook."""
+        if self.embedded is None:
+            raise LabError("url() needs the embedded lab; on a real cluster use `kubectl port-forward "
+                           f"-n {namespace} svc/{service} {port}` and http://127.0.0.1:{port}{path}")
+        info = self.embedded.server_info() or {}
+        if "proxy_port" not in info:
+            raise LabError("the lab's kube-proxy is not running: restart the lab with meshlab.lab.up()")
+        return service_url(int(info["proxy_port"]), service, port, namespace=namespace, path=path)
+
+    def get(self, service: str, port: int, path: str = "/", *, namespace: str = "default",
+            timeout: float = 10) -> str:
+        """GET ``path`` from ``service:port`` (see :meth:`url`) and return the body as text."""
+        url = self.url(service, port, namespace=namespace, path=path)
+        try:
+            # no proxy from the environment: the URL is on this machine
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url, timeout=timeout) as resp:
+                return str(resp.read().decode("utf-8", errors="replace"))
+        except urllib.error.HTTPError as err:
+            raise LabError(f"GET {service}:{port}{path} answered {err.code}: "
+                           f"{err.read().decode(errors='replace').strip()}") from err
+        except OSError as err:
+            raise LabError(f"GET {service}:{port}{path} failed: {err}") from err
 
     def delete(self, what: str | dict[str, Any] | Iterable[dict[str, Any]], name: str | None = None, *,
                namespace: str = "default") -> list[str]:
@@ -227,7 +256,11 @@ def up(name: str = "default") -> Lab:
 def connect(kubeconfig: str | Path | None = None) -> Lab:
     """A handle on a real cluster (``kubeconfig``) or, with no argument, on the running embedded lab."""
     if kubeconfig is not None:
-        return Lab(Path(kubeconfig).expanduser())
+        path = Path(kubeconfig).expanduser()
+        # An embedded lab's own kubeconfig (``<state>/kubeconfig`` beside its pki/): the same handle as up()'s.
+        if path.name == "kubeconfig" and (path.parent / "pki" / "ca.crt").exists():
+            return Lab(path, embedded=LabDir(path.parent, path.parent.name))
+        return Lab(path)
     labdir = LabDir.named("default")
     if supervisor.running(labdir) is None:
         raise LabError("the embedded lab is not running: start it with meshlab.lab.up() or `meshlab cluster up`")

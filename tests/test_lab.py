@@ -17,7 +17,7 @@ def test_connect_to_a_kubeconfig_and_apply_twice(lab: RunningLab) -> None:
         second = handle.apply(manifest.replace("one", "two"))
         assert first[0]["data"] == {"mode": "one"} and second[0]["data"] == {"mode": "two"}
         assert handle.core.read_namespaced_config_map("facade", "default").data == {"mode": "two"}
-        assert repr(handle).startswith("Lab(kubeconfig=")
+        assert repr(handle) == "Lab(embedded, name='test')"
     finally:
         handle.close()
 
@@ -72,4 +72,47 @@ def test_wait_ready_says_what_it_waited_for(lab: RunningLab) -> None:
         with pytest.raises(LabError, match="pod default/absent was not ready after 1s: it does not exist yet"):
             handle.wait_ready("pod", "absent", timeout=1)
     finally:
+        handle.close()
+
+
+ECHO = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: facade-echo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: meshlab/echo:1
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: facade-echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def test_deploy_wait_and_call_a_service(lab: RunningLab) -> None:
+    import json
+
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        handle.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "facade-echo"}})
+        handle.apply(ECHO)
+        deployment = handle.wait_ready("deployment", "echo", namespace="facade-echo", timeout=60)
+        assert deployment["status"]["availableReplicas"] == 2
+        pods = {json.loads(handle.get("echo", 80, "/hi", namespace="facade-echo"))["hostname"] for _ in range(6)}
+        assert len(pods) == 2, "the service did not balance over both ready pods"
+        with pytest.raises(LabError, match=r"answered 50\d: .*no such service \"echo\" in namespace \"default\""):
+            handle.get("echo", 80, namespace="default")  # no such service there
+    finally:
+        handle.kubectl("delete", "namespace", "facade-echo", "--wait=false")
         handle.close()

@@ -77,9 +77,9 @@ class LabDir:
             return None
         return info if isinstance(info, dict) else None
 
-    def write_server_info(self, pid: int, port: int) -> None:
+    def write_server_info(self, pid: int, port: int, **extra: Any) -> None:
         tmp = self.server_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "port": port}))
+        tmp.write_text(json.dumps({"pid": pid, "port": port, **extra}))
         tmp.replace(self.server_file)
 
     def write_kubeconfig(self, port: int, ca_pem: bytes, token: str) -> None:

@@ -146,7 +146,8 @@ async def serve(lab: LabDir, port: int, *, configure: Configure | None = None,
     for part in parts:
         part.start()
     lab.write_kubeconfig(port, pki.ca_cert.read_bytes(), pki.read_admin_token())
-    lab.write_server_info(os.getpid(), port)
+    proxies = [p for p in parts if isinstance(p, KubeProxy)]
+    lab.write_server_info(os.getpid(), port, **({"proxy_port": proxies[0].port} if proxies else {}))
     server.ready = True
     log.info("meshlab lab %r serving on https://127.0.0.1:%d", lab.name, port)
     stop = stop or asyncio.Event()

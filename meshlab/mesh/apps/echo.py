@@ -120,7 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT (aiohttp's ``run_app`` stops gracefully on both)."""
     host = args.host or listen_address()
-    who = Identity.from_env(os.environ, socket.gethostname(), args.message or os.environ.get("ECHO_MESSAGE", ""))
+    # A container's hostname is its pod's name; the lab's processes share the node's, but get HOSTNAME.
+    hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+    who = Identity.from_env(os.environ, hostname, args.message or os.environ.get("ECHO_MESSAGE", ""))
     pod = f"{who.pod.get('namespace', '?')}/{who.pod.get('name', '?')}"
     print(f"echo listening on http://{host}:{args.port} as pod {pod}", flush=True)
     web.run_app(make_app(who), host=host, port=args.port, print=None, access_log=None)
