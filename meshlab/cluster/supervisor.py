@@ -196,8 +196,11 @@ def running(lab: LabDir) -> dict[str, Any] | None:
     return info if _ready(lab, int(info["port"])) else None
 
 
-def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
-    """Start the lab in the background (or find it running); returns ``{"pid", "port"}`` once ready."""
+def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0, runtime: bool = True) -> dict[str, Any]:
+    """Start the lab in the background (or find it running); returns ``{"pid", "port"}`` once ready.
+
+    ``runtime=False`` starts the apiserver alone (no kubelet, no controllers but namespace deletion).
+    """
     info = running(lab)
     if info:
         return info
@@ -211,7 +214,7 @@ def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0) -> dict[s
     pid = os.posix_spawn(
         sys.executable,
         [sys.executable, "-m", "meshlab.cluster.supervisor", "serve", str(lab.path), "--name", lab.name,
-         "--port", str(chosen)],
+         "--port", str(chosen), *([] if runtime else ["--no-runtime"])],
         os.environ,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -261,10 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_p.add_argument("state", type=Path)
     serve_p.add_argument("--name", default="default")
     serve_p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve_p.add_argument("--no-runtime", action="store_true", help="the apiserver alone: no kubelet, no controllers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     lab = LabDir(args.state, args.name)
-    asyncio.run(serve(lab, args.port))
+    asyncio.run(serve(lab, args.port, runtime=not args.no_runtime))
 
 
 if __name__ == "__main__":
