@@ -16,6 +16,7 @@ so ``args`` alone are the command line. Their CMD is, by decision of this lab:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from typing import Any
 MESHLAB_NAMESPACE = "meshlab"
 
 
+@functools.cache
 def meshlab_version() -> str:
     try:
         return importlib.metadata.version("meshlab")

@@ -97,6 +97,8 @@ class Kubelet:
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        octet = self.ctx.addresses.claim()
+        log.info("pod network of %s: 127.%d.0.0/16", self.node_name, octet)
         self.ctx.guard.start()
         store = self.rest.store
         self._watcher, _ = store.watch("/pods", "", store.resource_version)
@@ -190,6 +192,7 @@ class Kubelet:
         with contextlib.suppress(ApiError, Exception):
             await self.node.post_status(ready=False)
         self.ctx.guard.close()
+        self.ctx.addresses.release_network()
 
     # -- PodIO ------------------------------------------------------------------------------------------------
 

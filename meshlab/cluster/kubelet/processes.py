@@ -3,8 +3,10 @@
 Each container instance is a process group of its own (``setpgid``), so a signal reaches everything it
 started, as a signal to a container's PID namespace would; when the main process exits, whatever is left
 of its group is killed, as a container's cgroup would be. The child asks the kernel for ``SIGKILL`` when
-its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux), so no container outlives a supervisor killed with
-``kill -9`` (see :mod:`~meshlab.cluster.kubelet.reaping` for the group members that would).
+its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux; made by util-linux ``setpriv --pdeathsig`` in the
+child just before exec, or by a ctypes ``preexec_fn`` where setpriv is missing), so no container outlives
+a supervisor killed with ``kill -9`` (see :mod:`~meshlab.cluster.kubelet.reaping` for the group members
+that would).
 
 Output goes through pipes into ``<restartCount>.log`` in the CRI logging format that the kubelet reads
 back for ``kubectl logs`` (``<RFC3339Nano time> <stdout|stderr> <F|P> <text>``, one line each, ``P`` marking
@@ -20,6 +22,7 @@ import ctypes
 import datetime as dt
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,6 +30,31 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux ``setpriv``, if it knows ``--pdeathsig``."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        usage = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "--pdeathsig" in usage else None
+
+
+def with_parent_death_signal(argv: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` (and a ``preexec_fn``) so that the child gets SIGKILL when this process dies.
+
+    ``setpriv --pdeathsig KILL`` makes the same ``prctl`` call in the child just before it execs the
+    command; it is preferred because a Python ``preexec_fn`` forces a full ``fork()`` of the supervisor
+    (about 30 ms with a 130 MB supervisor, against 5 ms with ``vfork()``)."""
+    setpriv = _setpriv()
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+    return list(argv), die_with_parent()
 
 
 @functools.cache
@@ -130,10 +158,11 @@ class ContainerProcess:
               container_id: str) -> ContainerProcess:
         """Start the process now (raises ``OSError`` when it cannot be executed)."""
         log = LogWriter(log_path)
+        command, preexec = with_parent_death_signal(argv)
         try:
             popen = subprocess.Popen(
-                list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, process_group=0, preexec_fn=die_with_parent(),
+                command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, process_group=0, preexec_fn=preexec,
             )
         except BaseException:
             log.close()

@@ -24,7 +24,7 @@ from meshlab.cluster.kubelet import lifecycle, podstatus, probing
 from meshlab.cluster.kubelet.lifecycle import Record
 from meshlab.cluster.kubelet.logs import instance_logs, parse_line
 from meshlab.cluster.kubelet.probes import ProbeSpec, Tracker, kill_message, probes_of
-from meshlab.cluster.kubelet.processes import ContainerProcess, die_with_parent
+from meshlab.cluster.kubelet.processes import ContainerProcess, with_parent_death_signal
 from meshlab.cluster.kubelet.sandbox import LaunchFailure, NodeContext, Sandbox
 from meshlab.errors import ApiError, Conflict, NotFound
 
@@ -303,14 +303,15 @@ class PodWorker:
         if proc is None or not proc.running or launch is None:
             raise LookupError(f'container not found ("{name}")')
         pipe = asyncio.subprocess.PIPE
+        argv, preexec = with_parent_death_signal(launch.argv)
         options: dict[str, Any] = {
             "stdin": pipe if stdin else asyncio.subprocess.DEVNULL, "stdout": pipe,
             "stderr": asyncio.subprocess.STDOUT if merge_output else pipe, "env": launch.env, "cwd": launch.cwd,
-            "preexec_fn": die_with_parent()}
+            "preexec_fn": preexec}
         try:  # join the container's process group: exec'd processes die with the container
-            return await asyncio.create_subprocess_exec(*launch.argv, process_group=proc.pid, **options)
+            return await asyncio.create_subprocess_exec(*argv, process_group=proc.pid, **options)
         except PermissionError:
-            return await asyncio.create_subprocess_exec(*launch.argv, process_group=0, **options)
+            return await asyncio.create_subprocess_exec(*argv, process_group=0, **options)
 
     # -- status, events, termination ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Pod addresses: unique while held, not soon reused, kept across restarts."""
+"""Pod addresses: a network per lab, unique while held, not soon reused, kept across restarts."""
 
 from __future__ import annotations
 
@@ -6,33 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from meshlab.cluster.kubelet.podnet import PodAddresses
+from meshlab.cluster.kubelet.podnet import NetworkClaim, PodAddresses
 from meshlab.errors import LabError
 
 
 def test_each_pod_gets_its_own_stable_address(tmp_path: Path) -> None:
-    ips = PodAddresses(tmp_path / "a.json")
+    ips = PodAddresses(tmp_path / "a.json", "127.10.0.1", "127.10.255.254")
     a, b = ips.allocate("a"), ips.allocate("b")
     assert (a, b) == ("127.10.0.1", "127.10.0.2")
     assert ips.allocate("a") == a
 
 
 def test_a_released_address_is_not_handed_out_next(tmp_path: Path) -> None:
-    ips = PodAddresses(tmp_path / "a.json")
+    ips = PodAddresses(tmp_path / "a.json", "127.10.0.1", "127.10.255.254")
     first = ips.allocate("a")
     ips.release("a")
     assert ips.allocate("b") != first
-
-
-def test_addresses_survive_a_restart(tmp_path: Path) -> None:
-    ips = PodAddresses(tmp_path / "a.json")
-    a = ips.allocate("a")
-    ips.allocate("b")
-    again = PodAddresses(tmp_path / "a.json")
-    assert again.get("a") == a
-    assert again.allocate("c") == "127.10.0.3"
-    again.retain_only({"c"})
-    assert again.get("a") is None
 
 
 def test_the_range_skips_network_and_broadcast_addresses_and_can_run_out(tmp_path: Path) -> None:
@@ -40,3 +29,39 @@ def test_the_range_skips_network_and_broadcast_addresses_and_can_run_out(tmp_pat
     assert [ips.allocate(str(n)) for n in range(2)] == ["127.10.0.254", "127.10.1.1"]
     with pytest.raises(LabError):
         ips.allocate("x")
+
+
+def test_two_labs_never_share_a_network(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    one, two = PodAddresses(tmp_path / "one.json"), PodAddresses(tmp_path / "two.json")
+    first, second = one.claim(locks), two.claim(locks)
+    assert first != second
+    assert one.allocate("a").startswith(f"127.{first}.") and two.allocate("a").startswith(f"127.{second}.")
+
+
+def test_a_restarted_lab_gets_its_network_and_addresses_back(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    squatter = NetworkClaim.take(None, locks)  # holds the first network while our lab starts
+    ips = PodAddresses(tmp_path / "a.json")
+    octet = ips.claim(locks)
+    address = ips.allocate("a")
+    ips.release_network()
+    squatter.release()
+    again = PodAddresses(tmp_path / "a.json")
+    assert again.claim(locks) == octet
+    assert again.get("a") == address
+    assert again.allocate("b") == f"127.{octet}.0.2"
+    again.retain_only({"b"})
+    assert again.get("a") is None
+
+
+def test_when_the_old_network_is_taken_addresses_are_renumbered(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    ips = PodAddresses(tmp_path / "a.json")
+    octet = ips.claim(locks)
+    ips.allocate("a")
+    ips.release_network()
+    thief = NetworkClaim.take(octet, locks)
+    again = PodAddresses(tmp_path / "a.json")
+    assert again.claim(locks) != octet and again.get("a") is None
+    thief.release()
