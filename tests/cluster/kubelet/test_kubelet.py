@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream
 
 from meshlab import kube
 from meshlab.cluster import supervisor
@@ -42,6 +43,10 @@ class Node:
     marks: Path
     kubelet: Kubelet
 
+    @property
+    def core(self) -> Any:  # the typed client wants models; these tests send plain manifests
+        return self.clients.core
+
     def kubectl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.lab.kubeconfig), "KUBECACHEDIR": str(self.lab.kube_cache)}
         return subprocess.run(["kubectl", "-n", NS, *args], capture_output=True, text=True, env=env, timeout=timeout)
@@ -51,8 +56,11 @@ class Node:
         return dict(self.clients.api_client.sanitize_for_serialization(raw))
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
-        found = self.clients.core.list_namespaced_event(NS, field_selector=f"involvedObject.name={name}").items
-        return [(e.type, e.reason, e.message) for e in found]
+        found = self.core.list_namespaced_event(NS, field_selector=f"involvedObject.name={name}").items
+        return [(str(e.type), str(e.reason), str(e.message)) for e in found]
+
+    def logs(self, name: str) -> str:
+        return str(self.core.read_namespaced_pod_log(name, NS))
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
@@ -143,7 +151,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     thread.start()
     wait_for(lambda: supervisor.running(lab), 20, "the lab")
     clients = kube.clients(lab.kubeconfig)
-    core = clients.core
+    core: Any = clients.core
     core.create_namespace({"metadata": {"name": NS}})
     for ns in (NS, "default"):
         try:
@@ -176,7 +184,7 @@ def until(node: Node, name: str, check: Callable[[dict[str, Any]], Any], timeout
 def crash_messages(node: Node) -> Iterator[list[str]]:
     """Create a container that always fails, and record its distinct CrashLoopBackOff messages from the start."""
     script = 'n=$(cat "$HOME/n" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$HOME/n"; echo "run $n"; exit 1'
-    node.clients.core.create_namespaced_pod(NS, {"metadata": {"name": "crasher"}, "spec": {
+    node.core.create_namespaced_pod(NS, {"metadata": {"name": "crasher"}, "spec": {
         "nodeName": "lab-node", "containers": [container(**sh(script))]}})
     seen: list[str] = []
     done = threading.Event()
@@ -196,6 +204,15 @@ def crash_messages(node: Node) -> Iterator[list[str]]:
     watcher.start()
     yield seen
     done.set()
+
+
+def logged(node: Node, name: str, needle: str, timeout: float = 10.0) -> str:
+    """Wait until the log of ``name`` contains ``needle``; returns the log."""
+    def probe() -> str | None:
+        text = node.logs(name)
+        return text if needle in text else None
+
+    return wait_for(probe, timeout, f"{needle!r} in the log of {name}")
 
 
 def condition(pod: dict[str, Any], kind: str) -> str:
@@ -223,23 +240,25 @@ def test_a_pod_runs_and_becomes_ready_serving_on_its_own_address(node: Node) -> 
     assert "startedAt" in cs["state"]["running"]
     with urllib.request.urlopen(f"http://{status['podIP']}:8080/", timeout=5) as resp:
         assert resp.status == 200
-    events = node.events("web")
-    assert ("Normal", "Pulled", 'Container image "meshlab/test:1" already present on machine') in events
-    assert ("Normal", "Created", "Created container: app") in events
-    assert ("Normal", "Started", "Started container app") in events
+    expected = {("Normal", "Pulled", 'Container image "meshlab/test:1" already present on machine'),
+                ("Normal", "Created", "Created container: app"), ("Normal", "Started", "Started container app")}
+    # events are recorded just after the status is written: give them a moment
+    wait_for(lambda: expected <= set(node.events("web")), 5, "Pulled, Created and Started events")
 
 
 def test_node_is_registered_ready_with_capacity_and_a_lease(node: Node) -> None:
-    n = node.clients.core.read_node("lab-node")
-    assert n.metadata.labels["kubernetes.io/hostname"] == "lab-node"
-    assert "node-role.kubernetes.io/control-plane" in n.metadata.labels
-    assert n.status.capacity["pods"] == "110" and int(n.status.capacity["cpu"]) >= 1
-    assert n.status.node_info.kubelet_version == "v1.33.0-meshlab"
-    assert n.status.node_info.container_runtime_version.startswith("meshlab-process://")
-    ready = {c.type: c.status for c in n.status.conditions}
+    n = node.clients.api_client.sanitize_for_serialization(node.core.read_node("lab-node"))
+    assert n["metadata"]["labels"]["kubernetes.io/hostname"] == "lab-node"
+    assert "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]
+    assert n["status"]["capacity"]["pods"] == "110" and int(n["status"]["capacity"]["cpu"]) >= 1
+    assert n["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.0-meshlab"
+    assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("meshlab-process://")
+    ready = {c["type"]: c["status"] for c in n["status"]["conditions"]}
     assert ready == {"MemoryPressure": "False", "DiskPressure": "False", "PIDPressure": "False", "Ready": "True"}
-    lease = client.CoordinationV1Api(node.clients.api_client).read_namespaced_lease("lab-node", "kube-node-lease")
-    assert lease.spec.holder_identity == "lab-node" and lease.spec.lease_duration_seconds == 40
+    leases: Any = client.CoordinationV1Api(node.clients.api_client)
+    lease = node.clients.api_client.sanitize_for_serialization(leases.read_namespaced_lease("lab-node",
+                                                                                            "kube-node-lease"))
+    assert lease["spec"]["holderIdentity"] == "lab-node" and lease["spec"]["leaseDurationSeconds"] == 40
 
 
 def test_readiness_probe_gates_ready_until_exec_makes_it_pass(node: Node) -> None:
@@ -249,10 +268,8 @@ def test_readiness_probe_gates_ready_until_exec_makes_it_pass(node: Node) -> Non
     assert condition(pod, "Ready") == "False"
     assert pod["status"]["containerStatuses"][0]["ready"] is False
     assert any(r == "Unhealthy" and m.startswith("Readiness probe failed") for _, r, m in node.events("gated"))
-    done = node.clients.core  # the Python client's exec goes through the same PodIO
-    from kubernetes.stream import stream
-
-    stream(done.connect_get_namespaced_pod_exec, "gated", NS, command=["sh", "-c", 'touch "$HOME/ready"'],
+    # the Python client's exec goes through the same PodIO as kubectl's
+    stream(node.core.connect_get_namespaced_pod_exec, "gated", NS, command=["sh", "-c", 'touch "$HOME/ready"'],
            stderr=True, stdin=False, stdout=True, tty=False)
     wait_for(lambda: condition(node.pod("gated"), "Ready") == "True", 10, "gated Ready")
 
@@ -315,7 +332,7 @@ def test_init_containers_run_in_order_before_the_app(node: Node) -> None:
     assert [(s["name"], s["ready"], s["state"]["terminated"]["reason"]) for s in inits] == [
         ("one", True, "Completed"), ("two", True, "Completed")]
     assert condition(pod, "Initialized") == "True"
-    logs = node.clients.core.read_namespaced_pod_log("init", NS)
+    logs = node.logs("init")
     assert logs == "one\ntwo\n"
 
 
@@ -327,14 +344,14 @@ def test_a_missing_configmap_waits_then_starts_once_it_exists(node: Node) -> Non
                        "CreateContainerConfigError" and state(node.pod("configwait"))["waiting"], what="config error")
     assert waiting["message"] == 'configmap "later" not found'
     assert ("Warning", "Failed", 'Error: configmap "later" not found') in node.events("configwait")
-    node.clients.core.create_namespaced_config_map(NS, {"metadata": {"name": "later"}, "data": {"greeting": "hi"}})
+    node.core.create_namespaced_config_map(NS, {"metadata": {"name": "later"}, "data": {"greeting": "hi"}})
     wait_for(lambda: state(node.pod("configwait")).get("running"), 10, "configwait running")
-    wait_for(lambda: node.clients.core.read_namespaced_pod_log("configwait", NS) == "greeting=hi\n", 5, "its log")
+    assert logged(node, "configwait", "greeting") == "greeting=hi\n"
 
 
 def test_environment_as_kubernetes_builds_it(node: Node) -> None:
     wait_for(lambda: state(node.pod("envdump")).get("running"), what="envdump running")
-    text = wait_for(lambda: "PATH=" in (t := node.clients.core.read_namespaced_pod_log("envdump", NS)) and t)
+    text = logged(node, "envdump", "PATH=")
     env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     ip = node.pod("envdump")["status"]["podIP"]
     assert (env["APP"], env["SA"], env["WHERE"]) == ("envdump", "default", "$(MY_NS)/envdump")
@@ -395,11 +412,11 @@ def test_graceful_termination_sigterm_then_sigkill_then_the_pod_is_gone(node: No
              what="graceful running")
     pid = int((node.marks / "graceful.pid").read_text())
     started = time.monotonic()
-    node.clients.core.delete_namespaced_pod("graceful", NS)
+    node.core.delete_namespaced_pod("graceful", NS)
 
     def gone() -> bool:
         try:
-            node.clients.core.read_namespaced_pod("graceful", NS)
+            node.core.read_namespaced_pod("graceful", NS)
         except ApiException as err:
             return err.status == 404
         return False
@@ -416,7 +433,7 @@ def test_graceful_termination_sigterm_then_sigkill_then_the_pod_is_gone(node: No
 def test_deleting_a_pod_frees_its_address_and_files(node: Node) -> None:
     pod = until(node, "envdump", lambda p: state(p).get("running"))
     uid = pod["metadata"]["uid"]
-    node.clients.core.delete_namespaced_pod("envdump", NS, grace_period_seconds=1)
+    node.core.delete_namespaced_pod("envdump", NS, grace_period_seconds=1)
     wait_for(lambda: uid not in node.kubelet.workers, 15, "the worker to finish")
     assert not (node.lab.path / "pods" / uid).exists()
     assert node.kubelet.ctx.addresses.get(uid) is None
