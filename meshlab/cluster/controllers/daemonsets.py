@@ -206,8 +206,9 @@ class DaemonSetController(Reconciler):
             adopted = await self.guard("adopt", self.rest.update(
                 pod_rt, ns, pod["metadata"]["name"], ownership.with_owner(pod, ownership.owner_reference(ds)),
                 self.opts))
-            if adopted is not None:
-                mine.append(adopted)
+            if adopted is None:
+                return  # a retry is queued; acting on a partial view would create pods it is adopting
+            mine.append(adopted)
         if not ownership.being_deleted(ds):
             steps = plan(ds, nodes, mine, now)
             for node_name in steps.create_on:

@@ -89,7 +89,10 @@ class DeploymentController(Reconciler):
 
     async def sync_one(self, d: Obj, rss: list[Obj], pods: list[Obj], now: dt.datetime) -> None:
         ctx = _Rollout(copy.deepcopy(d), [], now)
-        ctx.rss = await self._claim(ctx.d, rss)
+        claimed = await self._claim(ctx.d, rss)
+        if claimed is None:
+            return  # a retry is queued; a partial view would create a ReplicaSet it is adopting
+        ctx.rss = claimed
         if ownership.being_deleted(ctx.d):
             new_rs, old = await self._new_and_old(ctx, create=False)
             await self._write_status(ctx, progress.calculate_status(ctx.d, self._all(new_rs, old), new_rs, now))
@@ -160,7 +163,8 @@ class DeploymentController(Reconciler):
 
     # -- steps -------------------------------------------------------------------------------------------
 
-    async def _claim(self, d: Obj, rss: list[Obj]) -> list[Obj]:
+    async def _claim(self, d: Obj, rss: list[Obj]) -> list[Obj] | None:
+        """The ReplicaSets ``d`` owns after adopting and releasing; ``None`` when an adoption failed."""
         rs_rt = self.kind("apps", "v1", "replicasets")
         claims = ownership.claim(d, (d.get("spec") or {}).get("selector"), rss)
         mine = list(claims.owned)
@@ -168,8 +172,9 @@ class DeploymentController(Reconciler):
             adopted = await self.guard("adopt", self.rest.update(
                 rs_rt, rs["metadata"]["namespace"], rs["metadata"]["name"],
                 ownership.with_owner(rs, ownership.owner_reference(d)), self.opts))
-            if adopted is not None:
-                mine.append(adopted)
+            if adopted is None:
+                return None
+            mine.append(adopted)
         for rs in claims.release:
             await self.guard("release", self.rest.update(
                 rs_rt, rs["metadata"]["namespace"], rs["metadata"]["name"],

@@ -109,8 +109,9 @@ class ReplicaSetController(Reconciler):
             adopted = await self.guard("adopt", self.rest.update(
                 pod_rt, pod["metadata"]["namespace"], pod["metadata"]["name"],
                 ownership.with_owner(pod, ownership.owner_reference(rs)), self.opts))
-            if adopted is not None:
-                mine.append(adopted)
+            if adopted is None:
+                return  # a retry is queued; acting on a partial view would create pods it is adopting
+            mine.append(adopted)
         for pod in claims.release:
             await self.guard("release", self.rest.update(
                 pod_rt, pod["metadata"]["namespace"], pod["metadata"]["name"],
@@ -151,7 +152,7 @@ class ReplicaSetController(Reconciler):
                 return err.message
             await record_event(self.rest, rs, type="Normal", reason="SuccessfulCreate",
                                message=f"Created pod: {pod['metadata']['name']}", component=COMPONENT)
-        for pod in deletion_order(active)[:min(-diff, BURST)]:
+        for pod in deletion_order(active)[:min(max(-diff, 0), BURST)]:
             name = pod["metadata"]["name"]
             deleted = await self.guard(f"delete pod {name}", self.rest.delete(
                 pod_rt, ns, name, {"preconditions": {"uid": ownership.uid(pod)}}, self.opts))

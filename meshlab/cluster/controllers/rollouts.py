@@ -162,7 +162,9 @@ def new_rs_replicas(d: Obj, all_rss: list[Obj], new_rs: Obj | None) -> int:
     rolling = _rolling(d)
     if rolling is None:
         return replicas(d)
-    current = sum(replicas(rs) for rs in all_rss)
+    # Kubernetes counts wanted replicas only; the lab also counts pods an old ReplicaSet still has (its
+    # controller may not have deleted them yet), so that the surge bound holds for pods, not just numbers.
+    current = sum(max(replicas(rs), status_count(rs, "replicas")) for rs in all_rss)
     new_size = replicas(new_rs)
     max_total = replicas(d) + scaled_value(rolling.get("maxSurge"), replicas(d), round_up=True)
     if current >= max_total:

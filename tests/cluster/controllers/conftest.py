@@ -79,14 +79,15 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
         peaks.server = server
         server.rest.after_store.append(peaks)
         ca_pem = (lab.pki / "ca.crt").read_bytes()
-        # The supervisor runs its own NamespaceController (the same class) already.
+        # runtime=False: no real kubelet, and the supervisor runs the NamespaceController (the same class)
+        # itself; the fake kubelet and the other controllers come from here.
         parts = [c for c in lab_controllers(server.rest, ca_pem=ca_pem) if not isinstance(c, NamespaceController)]
         started.set()
         return [FakeKubelet(server.rest), *parts]
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop))
+        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -41,9 +41,9 @@ def running_status(pod: dict[str, Any], ip: str) -> dict[str, Any]:
     status = copy.deepcopy(pod.get("status") or {})
     since = {c["type"]: c.get("lastTransitionTime") for c in status.get("conditions") or []
              if c.get("status") == ("True" if c["type"] != "Ready" else flag)}
+    started = status.get("startTime") or now
     status.update({
-        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1",
-        "startTime": status.get("startTime") or now,
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": started,
         "conditions": [
             {"type": kind, "status": value, "lastProbeTime": None, "lastTransitionTime": since.get(kind) or now}
             for kind, value in (("Initialized", "True"), ("Ready", flag), ("ContainersReady", flag),
@@ -51,7 +51,7 @@ def running_status(pod: dict[str, Any], ip: str) -> dict[str, Any]:
         ],
         "containerStatuses": [
             {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": ready, "restartCount": 0,
-             "started": True, "state": {"running": {"startedAt": now}}}
+             "started": True, "state": {"running": {"startedAt": started}}}
             for c in pod["spec"].get("containers") or []
         ],
     })
