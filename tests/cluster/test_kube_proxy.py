@@ -194,7 +194,8 @@ def test_caller_namespace(source: str, auth: str | None, pods: list[dict[str, An
 
 # -- the proxy between real processes -----------------------------------------------------------------------
 
-NET = f"127.{100 + os.urandom(1)[0] % 150}"  # this module's pods: 127.N.x.y, unlikely to clash with others
+# This module's pods: 127.N.x.y, far above the networks lab kubelets claim first (127.10, 127.11, ...).
+NET = f"127.{200 + os.urandom(1)[0] % 54}"
 
 
 class Pods:
@@ -270,7 +271,8 @@ def proxy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabDir
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop))
+        # The apiserver alone plus this kube-proxy: no kubelet to run (and re-address) the pods written here.
+        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -52,7 +52,7 @@ def _free_port(host: str) -> int:
 
 
 def test_meshlab_app_echo_serves_on_the_pod_ip_and_logs_requests() -> None:
-    pod_ip = f"127.{30 + os.getpid() % 200}.0.4"
+    pod_ip = f"127.{200 + os.getpid() % 54}.0.4"  # far above the networks lab kubelets claim first
     port = _free_port(pod_ip)
     env = {**os.environ, **POD_ENV, "POD_IP": pod_ip, "ECHO_MESSAGE": "hello from v1"}
     proc = subprocess.Popen([sys.executable, "-m", "meshlab.cli", "app", "echo", "--port", str(port)], env=env,
