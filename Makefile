@@ -1,12 +1,15 @@
-# The README's two commands: `make lab` starts the embedded lab, `make test` runs every test.
+# The README's two commands: `make lab` starts the lab and JupyterLab on notebooks/, `make test` runs every test.
 # Both create .venv and install what they need on a fresh machine.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.meshlab-installed
+LAB_STAMP := $(VENV)/.meshlab-lab-installed
+# Notebooks are tests: nbval runs each one and compares the outputs of cells marked NBVAL_CHECK_OUTPUT.
+NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 
-.PHONY: lab test lint typecheck unit bench down clean
+.PHONY: lab test lint typecheck unit notebooks bench down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-lab: $(STAMP)
-	$(VENV)/bin/meshlab cluster up
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,lab]'
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(VENV)/bin/meshlab lab
 
 down: $(STAMP)
 	$(VENV)/bin/meshlab cluster down
@@ -29,7 +36,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint typecheck unit
+notebooks: $(STAMP)
+	$(PY) -m pytest -q $(NBVAL) tests/notebooks notebooks
+
+test: lint typecheck unit notebooks
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
