@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,31 @@ import pytest
 from meshlab import kube
 from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
+
+_NOTEBOOK_SCRATCH = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # nbval opens its sanitize file relative to the current directory: anchor it at the repository.
+    sanitize = getattr(config.option, "nbval_sanitize_with", None)
+    if sanitize and not os.path.isabs(sanitize):
+        config.option.nbval_sanitize_with = str(config.rootpath / sanitize)
+    if getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False):
+        # Notebook kernels inherit this environment: Jupyter, IPython and matplotlib write to scratch
+        # folders instead of $HOME, and a notebook's meshlab.lab.up() starts its own lab there, never the
+        # learner's.
+        scratch = Path(tempfile.mkdtemp(prefix="meshlab-notebooks-"))
+        config.stash[_NOTEBOOK_SCRATCH] = scratch
+        for var in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "MESHLAB_HOME"):
+            os.environ[var] = str(scratch / var.lower())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    scratch = config.stash.get(_NOTEBOOK_SCRATCH, None)
+    if scratch is not None:
+        # A kernel stops the lab it started when it exits; this catches one that was killed instead.
+        supervisor.down(LabDir.named("default", scratch / "meshlab_home"))
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
