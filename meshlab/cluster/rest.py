@@ -247,7 +247,9 @@ class RestStorage:
         if _without_rv(new) == _without_rv(old):
             return old  # a no-op write does not bump resourceVersion, as in Kubernetes
         meta = new.get("metadata") or {}
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        # A terminating namespace is held by spec.finalizers too: only the finalize subresource removes it.
+        held_by_spec = rt.plural == "namespaces" and bool((new.get("spec") or {}).get("finalizers"))
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not held_by_spec:
             return await self._remove(rt, namespace, name, new, opts)
         if opts.dry_run:
             return new
