@@ -243,8 +243,11 @@ def up(name: str = "default") -> Lab:
 
     A lab this process started is stopped when the process exits (a notebook kernel, a script), so nothing
     is left behind; a lab that was already running (started by ``meshlab lab``, ``meshlab cluster up`` or
-    another notebook) is reused and left running.
+    another notebook) is reused and left running. Under ``meshlab lab --kubeconfig PATH`` (which sets
+    ``MESHLAB_KUBECONFIG``) the lessons use that cluster instead.
     """
+    if os.environ.get("MESHLAB_KUBECONFIG"):
+        return connect(os.environ["MESHLAB_KUBECONFIG"])
     labdir = LabDir.named(name)
     started_here = supervisor.running(labdir) is None
     supervisor.up(labdir)
