@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import meshlab.lab
 from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
 from meshlab.jupyter import jupyter_command, lab_url
+from tests.conftest import RunningLab
 
 
 @pytest.mark.parametrize(("as_root", "expected_extra"), [(False, []), (True, ["--allow-root"])],
@@ -72,3 +74,16 @@ def test_meshlab_lab_serves_jupyterlab_and_stops_what_it_started(tmp_path: Path)
             proc.kill()
             proc.communicate()
         supervisor.down(labdir)
+
+
+def test_lessons_use_the_cluster_meshlab_lab_was_given(lab: RunningLab, meshlab_home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # `meshlab lab --kubeconfig PATH` hands the path to kernels as MESHLAB_KUBECONFIG; their up() connects to it.
+    monkeypatch.setenv("MESHLAB_KUBECONFIG", str(lab.kubeconfig))
+    handle = meshlab.lab.up()
+    try:
+        assert handle.kubeconfig == lab.kubeconfig
+        assert {ns.metadata.name for ns in handle.core.list_namespace().items} >= {"default", "kube-system"}
+        assert not (meshlab_home / "labs" / "default").exists()  # no embedded lab was started
+    finally:
+        handle.close()
