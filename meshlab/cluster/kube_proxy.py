@@ -332,7 +332,8 @@ class KubeProxy:
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT),
         )
-        self._runner = web.ServerRunner(web.Server(self._handle), handle_signals=False)
+        # No access log: the supervisor log is for the lab's events; a refused request says why in its answer.
+        self._runner = web.ServerRunner(web.Server(self._handle, access_log=None), handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, self._sock).start()
         log.info("kube-proxy serving on %s", self.url)
