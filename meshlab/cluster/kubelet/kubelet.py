@@ -65,11 +65,17 @@ def isolation_report() -> str:
 
 
 class Kubelet:
-    """The lab's node agent (a supervisor part: ``start()`` / ``await stop()``) and its PodIO."""
+    """The lab's node agent (a supervisor part: ``start()`` / ``await stop()``) and its PodIO.
+
+    ``state_dir`` is the lab's directory: pods live in ``pods/<uid>``, logs in ``logs/pods/...``, the
+    kubelet's own records in ``kubelet/``. ``apiserver_url`` is what pods reach as the ``kubernetes``
+    Service; ``proxy_url`` (the node's kube-proxy) becomes their ``HTTP_PROXY``. ``backoff`` shortens the
+    crash-loop back-off (tests); ``stop()`` gives each container ``stop_grace`` seconds after SIGTERM.
+    """
 
     def __init__(self, rest: RestStorage, *, state_dir: Path, signer: TokenSigner, apiserver_url: str,
                  ca_pem: bytes, node_name: str = "lab-node", proxy_url: str | None = None,
-                 backoff: BackOffPolicy | None = None, stop_grace: float = 5.0) -> None:
+                 backoff: BackOffPolicy | None = None, stop_grace: float = 2.0) -> None:
         self.rest = rest
         self.node_name = node_name
         self.state_dir = Path(state_dir)
@@ -117,7 +123,15 @@ class Kubelet:
         log.info("volume isolation: %s (%s)", getattr(mode, "name", mode), text)
 
     async def _run(self) -> None:
-        await self.node.register()
+        delay = 0.5
+        while True:
+            try:
+                await self.node.register()
+                break
+            except Exception:  # an apiserver that refuses the Node would leave the lab without a node
+                log.exception("registering node %s failed; retrying in %.1fs", self.node_name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         self._tasks.append(asyncio.create_task(self.node.run(), name="kubelet-heartbeat"))
         mine = [pod for pod, _ in self.rest.store.scan("/pods") if self._bound_here(pod)]
         self._collect_garbage({str(p["metadata"]["uid"]) for p in mine})
@@ -130,8 +144,11 @@ class Kubelet:
             if change is None:
                 return
             pod = change.prev if change.type == "DELETED" and change.prev is not None else change.obj
-            if self._bound_here(pod) or str(pod["metadata"].get("uid")) in self.workers:
-                self._route(pod, deleted=change.type == "DELETED")
+            try:
+                if self._bound_here(pod) or str(pod["metadata"].get("uid")) in self.workers:
+                    self._route(pod, deleted=change.type == "DELETED")
+            except Exception:
+                log.exception("kubelet: handling pod %s/%s failed", change.namespace, change.name)
 
     async def _watch_dependency(self, watcher: Watcher) -> None:
         while (change := await watcher.queue.get()) is not None:
