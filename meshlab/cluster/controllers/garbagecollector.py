@@ -150,6 +150,11 @@ class GarbageCollector(Reconciler):
     async def _collect(self, rt: ResourceType, obj: Obj, dependents: dict[str, list[tuple[ResourceType, Obj]]]
                        ) -> None:
         namespace = ownership.meta(obj).get("namespace", "")
+        # Decide on the latest copy: earlier steps of this sync (an orphaning) may have changed it.
+        found = self.rest.store.get(self.rest.key(rt, namespace, ownership.meta(obj)["name"]))
+        if found is None or ownership.uid(found[1]) != ownership.uid(obj) or ownership.being_deleted(found[1]):
+            return
+        obj = found[1]
         states = {str(r.get("uid", "")): self.owner_state(r, namespace) for r in ownership.owner_references(obj)}
         decision = verdict(obj, states, has_dependents=bool(dependents.get(ownership.uid(obj))))
         if decision.strip:

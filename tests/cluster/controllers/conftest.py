@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,6 +21,8 @@ from meshlab.cluster.controllers.namespaces import NamespaceController
 from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.resources import ResourceType
 from tests.cluster.controllers.fake_kubelet import FakeKubelet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +48,11 @@ class ControllerLab:
     clients: kube.Clients
     server: ApiServer
     peaks: PodPeaks
+    loop: asyncio.AbstractEventLoop
+    controllers: list[Any]
+
+    def controller(self, kind: type[T]) -> T:
+        return next(c for c in self.controllers if isinstance(c, kind))
 
     def kubectl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.lab.kubeconfig), "KUBECACHEDIR": str(self.lab.kube_cache)}
@@ -71,7 +78,7 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
-    holder: dict[str, ApiServer] = {}
+    holder: dict[str, Any] = {}
     peaks = PodPeaks()
 
     def configure(server: ApiServer) -> list[Any]:
@@ -82,6 +89,7 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
         # runtime=False: no real kubelet, and the supervisor runs the NamespaceController (the same class)
         # itself; the fake kubelet and the other controllers come from here.
         parts = [c for c in lab_controllers(server.rest, ca_pem=ca_pem) if not isinstance(c, NamespaceController)]
+        holder["controllers"] = parts
         started.set()
         return [FakeKubelet(server.rest), *parts]
 
@@ -95,7 +103,7 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
     wait_for(lambda: supervisor.running(lab) is not None, 15, "the lab to be ready")
     clients = kube.clients(lab.kubeconfig)
     wait_for(lambda: clients.core.list_node().items, 10, "lab-node")
-    yield ControllerLab(lab, clients, holder["server"], peaks)
+    yield ControllerLab(lab, clients, holder["server"], peaks, loop, holder["controllers"])
     clients.close()
     loop.call_soon_threadsafe(stop.set)
     thread.join(timeout=15)
