@@ -100,6 +100,7 @@ class Record:
     """One container across its instances, plus the kubelet's memory about it."""
 
     instances: int = 0  # instances started (including ones of a previous kubelet run)
+    runs: int = 0  # instances started in this sandbox (by this kubelet run)
     running: Running | None = None
     last: Exited | None = None  # most recent finished instance
     earlier: Exited | None = None  # the finished instance before ``last``
@@ -118,7 +119,7 @@ def exit_reason(exit_code: int) -> str:
 
 def started(record: Record, container_id: str, now: float, *, startup_probe: bool, readiness_probe: bool) -> Record:
     begun = not startup_probe
-    return replace(record, instances=record.instances + 1, waiting=None,
+    return replace(record, instances=record.instances + 1, runs=record.runs + 1, waiting=None,
                    running=Running(container_id, now, started=begun, ready=begun and not readiness_probe))
 
 
@@ -255,7 +256,8 @@ def plan(pod: Obj, records: Mapping[str, Record], now: float, policy: BackOffPol
         return result  # pods never leave a terminal phase
     restart_policy = spec.get("restartPolicy") or "Always"
     recs = result.records
-    regular_started = any(recs.get(c["name"], Record()).instances for c in spec.get("containers") or [])
+    # Init containers run once per sandbox: a restarted kubelet (a new sandbox) runs them again.
+    regular_started = any(recs.get(c["name"], Record()).runs for c in spec.get("containers") or [])
     regular_done = regular_started and all(
         (r := recs.get(c["name"], Record())).running is None and r.last is not None
         and not should_restart(restart_policy, r.last) for c in spec.get("containers") or [])
@@ -272,7 +274,7 @@ def plan(pod: Obj, records: Mapping[str, Record], now: float, policy: BackOffPol
         if record.running is not None:
             return result
         last = record.last
-        if last is not None and last.exit_code == 0:
+        if last is not None and last.exit_code == 0 and record.runs:
             continue
         if regular_started:
             continue  # initialised once already: init containers are not run again for this sandbox

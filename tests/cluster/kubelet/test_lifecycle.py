@@ -150,3 +150,14 @@ def test_go_duration(seconds: float, text: str) -> None:
 def test_probe_results_never_make_an_unstarted_container_ready() -> None:
     record = lifecycle.started(Record(), "x", 0, startup_probe=True, readiness_probe=False)
     assert replace(lifecycle.probed(record, ready=True)).running.ready is False  # type: ignore[union-attr]
+
+
+def test_after_a_kubelet_restart_init_containers_run_again_before_the_app() -> None:
+    stored = {"initContainerStatuses": [{"name": "one", "restartCount": 0,
+                                         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+              "containerStatuses": [{"name": "app", "restartCount": 0, "state": {"running": {}}}]}
+    records = {s["name"]: lifecycle.resumed(s, 50.0) for key in stored for s in stored[key]}
+    p = pod(container(), init=(container("one"),))
+    assert lifecycle.plan(p, records, 50.0, POLICY).start == ["one"]
+    records["one"] = run_then_exit(records["one"], 0, 50, 51)
+    assert lifecycle.plan(p, records, 51.0, POLICY).start == ["app"]
