@@ -6,14 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from meshlab import jupyter
-from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import MeshlabError
 from meshlab.mesh.apps import echo
 
+# The lab's machinery (supervisor, jupyter) is imported only by the commands that need it: `meshlab app ...`
+# is what every meshlab container runs, and must start fast and small.
+
 
 def _cluster(args: argparse.Namespace) -> int:
+    from meshlab.cluster import supervisor
+
     lab = LabDir.named(args.name)
     if args.action == "up":
         info = supervisor.up(lab, port=args.port)
@@ -43,6 +46,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
+    from meshlab import jupyter
+
     return jupyter.run(kubeconfig=args.kubeconfig, port=args.port, open_browser=not args.no_browser)
 
 
