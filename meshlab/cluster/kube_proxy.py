@@ -204,6 +204,14 @@ _SERVICE_PROXY = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<name
                             r"(?P<rest>/.*)?")
 
 
+def pod_proxy_url(proxy_url: str, namespace: str, pod: str) -> str:
+    """The proxy URL a pod gets as ``HTTP_PROXY``: it names the pod's namespace (as proxy credentials, which
+    HTTP clients send as ``Proxy-Authorization``), so short Service names resolve relative to it even though
+    the pod's connections come from the node's address (see :func:`caller_namespace`)."""
+    scheme, _, rest = proxy_url.partition("://")
+    return f"{scheme}://{namespace}:{pod}@{rest}"
+
+
 def service_url(proxy_port: int, service: str, port: int, *, namespace: str = "default", path: str = "/") -> str:
     """A plain URL on the host that reaches ``service:port`` through the kube-proxy on ``proxy_port``."""
     return (f"http://127.0.0.1:{proxy_port}/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/"
@@ -314,9 +322,7 @@ class KubeProxy:
         return self._runner is not None and self._starting is not None and self._starting.done()
 
     def url_for(self, namespace: str, pod: str) -> str:
-        """A proxy URL that tells the proxy which namespace short names are relative to (see
-        :func:`caller_namespace`), for pods whose connections come from the node's address."""
-        return f"http://{namespace}:{pod}@127.0.0.1:{self.port}"
+        return pod_proxy_url(self.url, namespace, pod)
 
     def __repr__(self) -> str:
         return f"KubeProxy({self.url})"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshlab.cluster.kubelet import isolation, volumes
 from meshlab.cluster.kubelet import logs as logfiles
 from meshlab.cluster.kubelet.lifecycle import BackOffPolicy
 from meshlab.cluster.kubelet.node import NodeAgent
@@ -36,13 +37,9 @@ log = logging.getLogger("meshlab.kubelet")
 Obj = dict[str, Any]
 
 
-def _optional_volume_support(rest: RestStorage, signer: TokenSigner, state_dir: Path) -> tuple[Any, Any]:
-    """The volume manager and isolation probe, when those modules are installed (else ``None, None``)."""
-    try:
-        from meshlab.cluster.kubelet import isolation, volumes
-    except ImportError:
-        return None, None
-    manager = volumes.VolumeManager(rest, signer, lab_dir=state_dir)
+def _volume_support(rest: RestStorage, signer: TokenSigner, state_dir: Path, ca_pem: bytes) -> tuple[Any, Any]:
+    """The volume manager and the (shared, run-once) isolation probe."""
+    manager = volumes.VolumeManager(rest, signer, lab_dir=state_dir, ca_pem=ca_pem)
     detected: list[asyncio.Future[tuple[Any, str]]] = []
 
     async def detect() -> tuple[Any, str]:
@@ -56,12 +53,8 @@ def _optional_volume_support(rest: RestStorage, signer: TokenSigner, state_dir: 
 
 def isolation_report() -> str:
     """One line on how volumes are isolated on this machine (for ``meshlab cluster status``)."""
-    try:
-        from meshlab.cluster.kubelet import isolation
-    except ImportError:
-        return "volume isolation: not available (the kubelet's volume support is not installed)"
     mode, text = isolation.detect()
-    return f"{getattr(mode, 'name', mode)}: {text}"
+    return f"{mode.name}: {text}"
 
 
 class Kubelet:
@@ -86,12 +79,12 @@ class Kubelet:
                             field_manager="kubelet")
         kubelet_dir = self.state_dir / "kubelet"
         self.node = NodeAgent(rest, node_name, self.state_dir, opts)
-        volumes, detect = _optional_volume_support(rest, signer, self.state_dir)
+        volume_manager, detect = _volume_support(rest, signer, self.state_dir, ca_pem)
         self.ctx = NodeContext(
             rest=rest, opts=opts, node_name=node_name, state_dir=self.state_dir,
             apiserver=(url.hostname or "127.0.0.1", url.port or 443), proxy_url=proxy_url,
             allocatable=self.node.allocatable, addresses=PodAddresses(kubelet_dir / "pod-addresses.json"),
-            guard=Guard(kubelet_dir / "processes"), policy=backoff or BackOffPolicy(), volumes=volumes,
+            guard=Guard(kubelet_dir / "processes"), policy=backoff or BackOffPolicy(), volumes=volume_manager,
             isolation=detect,
         )
         self.workers: dict[str, PodWorker] = {}

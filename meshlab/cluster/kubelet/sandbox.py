@@ -12,6 +12,7 @@ never touches the volume machinery.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sysconfig
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshlab.cluster.kube_proxy import pod_proxy_url
 from meshlab.cluster.kubelet import environment, images
 from meshlab.cluster.kubelet.lifecycle import BackOffPolicy
 from meshlab.cluster.kubelet.podnet import PodAddresses
 from meshlab.cluster.kubelet.reaping import Guard
 from meshlab.cluster.rest import RestStorage, WriteOptions
+
+log = logging.getLogger("meshlab.kubelet")
 
 Obj = dict[str, Any]
 
@@ -130,8 +134,9 @@ class Sandbox:
                "MESHLAB_POD_IP": str(self.pod_ip)}
         if self.ctx.proxy_url:
             bypass = ",".join(dict.fromkeys([self.pod_ip, "127.0.0.1", "localhost", self.ctx.apiserver[0]]))
-            env.update({"HTTP_PROXY": self.ctx.proxy_url, "http_proxy": self.ctx.proxy_url,
-                        "NO_PROXY": bypass, "no_proxy": bypass})
+            meta = pod.get("metadata") or {}
+            proxy = pod_proxy_url(self.ctx.proxy_url, str(meta.get("namespace") or "default"), str(meta.get("name")))
+            env.update({"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": bypass, "no_proxy": bypass})
         return env
 
     def launch(self, pod: Obj, container: Obj) -> Launch:
@@ -187,8 +192,15 @@ class Sandbox:
 
     async def teardown(self, pod: Obj | None, *, remove: bool) -> None:
         """Unmount volumes; with ``remove`` (the pod is gone) free its address and delete its files."""
-        if pod is not None and self.volume_paths and self.ctx.volumes is not None:
-            await self.ctx.volumes.teardown(pod, self.directory)
+        if self.ctx.volumes is not None and self.directory.exists():
+            # Always ask the volume manager, even when this worker set nothing up (e.g. after a kubelet
+            # restart): its record on disk knows what is mounted. If it cannot unmount, the pod's files
+            # stay — deleting them could delete data on a still-mounted volume.
+            try:
+                await self.ctx.volumes.teardown(pod or {"metadata": {"uid": self.uid}}, self.directory)
+            except Exception as err:
+                log.warning("pod %s: volumes not torn down (%s); keeping %s", self.uid, err, self.directory)
+                return
             self.volume_paths = {}
         if remove:
             self.ctx.addresses.release(self.uid)
