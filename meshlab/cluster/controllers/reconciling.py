@@ -5,7 +5,8 @@ without holding up the others, and an object can be re-queued "after" a delay (a
 after ``minReadySeconds``, a rollout's progress deadline). :class:`Reconciler` gives the lab's level-triggered
 :class:`~meshlab.cluster.controllers.base.Controller` the same two habits: :meth:`Reconciler.guard` runs one
 object's step and turns an API error into a retry instead of an aborted sync, and
-:meth:`Reconciler.requeue_after` asks for a sync at a later time. A write refused because the namespace is
+:meth:`Reconciler.requeue_after` asks for a sync at a later time (any other exception is logged with its
+traceback and retried the same way). A write refused because the namespace is
 terminating is expected (the namespace controller is removing everything there) and is not retried.
 """
 
@@ -95,4 +96,9 @@ class Reconciler(Controller):
             else:
                 log.warning("%s: %s: %s", type(self).__name__, what, err)
                 self.requeue_after(ERROR_RETRY)
+            return None
+        except Exception:
+            # A bug met by one object must not stop the controller for every other object.
+            log.exception("%s: %s failed; retrying", type(self).__name__, what)
+            self.requeue_after(ERROR_RETRY)
             return None

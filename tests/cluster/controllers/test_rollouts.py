@@ -233,3 +233,20 @@ def test_available_condition_allows_max_unavailable() -> None:
     assert [(c["type"], c["status"]) for c in enough["conditions"]] == [("Available", "True")]
     assert [(c["type"], c["reason"]) for c in short["conditions"]] == [("Available", "MinimumReplicasUnavailable")]
     assert short["unavailableReplicas"] == 2
+
+
+@pytest.mark.parametrize(("paused", "reason", "expected"), [
+    (True, "NewReplicaSetAvailable", ("Unknown", "DeploymentPaused")),
+    (False, "DeploymentPaused", ("Unknown", "DeploymentResumed")),
+    (True, "DeploymentPaused", None),
+    (True, "ProgressDeadlineExceeded", None),
+], ids=["pausing", "resuming", "already-paused", "timed-out-stays"])
+def test_pausing_is_recorded_in_progressing(paused: bool, reason: str, expected: tuple[str, str] | None) -> None:
+    stamp = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    d = deployment(status={"conditions": [{"type": "Progressing", "status": "True", "reason": reason, "message": "",
+                                           "lastUpdateTime": stamp, "lastTransitionTime": stamp}]})
+    d["spec"]["paused"] = paused
+    status = progress.paused_condition(d, NOW)
+    got = None if status is None else [(c["status"], c["reason"]) for c in status["conditions"]]
+    assert got is None or len(got) == 1
+    assert got == (None if expected is None else [expected])

@@ -99,6 +99,27 @@ def test_an_image_change_rolls_out_within_surge_and_undo_returns(controller_lab:
     assert status.returncode == 0, status.stderr
 
 
+@needs_kubectl
+def test_a_paused_deployment_waits_for_resume(controller_lab: ControllerLab, ns: str) -> None:
+    apps = controller_lab.clients.apps
+    apps.create_namespaced_deployment(ns, web(replicas=2))
+    rolled_out(controller_lab, ns, "meshlab/echo:1", 2)
+    assert controller_lab.kubectl("rollout", "pause", "-n", ns, "deployment/web").returncode == 0
+    apps.patch_namespaced_deployment("web", ns, {"spec": {"template": {"spec": {"containers": [
+        {"name": "main", "image": "meshlab/echo:2"}]}}}})
+
+    def paused() -> Any:
+        d = apps.read_namespaced_deployment("web", ns)
+        cond = {c.type: c.reason for c in (d.status.conditions or [])}
+        return d if d.status.observed_generation == d.metadata.generation and cond.get(
+            "Progressing") == "DeploymentPaused" else None
+
+    wait_for(paused, 10, "the pause to be observed")
+    assert list(replica_sets(controller_lab, ns)) == ["1"]  # no new ReplicaSet while paused
+    assert controller_lab.kubectl("rollout", "resume", "-n", ns, "deployment/web").returncode == 0
+    rolled_out(controller_lab, ns, "meshlab/echo:2", 2)
+
+
 def test_recreate_stops_old_pods_before_starting_new_ones(controller_lab: ControllerLab, ns: str) -> None:
     apps = controller_lab.clients.apps
     body = web(replicas=2)
