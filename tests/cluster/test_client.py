@@ -77,11 +77,12 @@ def test_list_with_label_and_field_selectors(clients: kube.Clients, namespace: s
         core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": {"tier": tier}}})
     web = core.list_namespaced_config_map(namespace, label_selector="tier=web")
     assert [i.metadata.name for i in web.items] == ["a", "b"]
-    not_web = core.list_namespaced_config_map(namespace, label_selector="tier notin (web)")
+    not_web = core.list_namespaced_config_map(namespace, label_selector="tier,tier notin (web)")
     assert [i.metadata.name for i in not_web.items] == ["c"]
     by_name = core.list_namespaced_config_map(namespace, field_selector="metadata.name=b")
     assert [i.metadata.name for i in by_name.items] == ["b"]
-    everywhere = core.list_config_map_for_all_namespaces(field_selector=f"metadata.namespace={namespace}")
+    everywhere = core.list_config_map_for_all_namespaces(
+        field_selector=f"metadata.namespace={namespace},metadata.name!=kube-root-ca.crt")
     assert len(everywhere.items) == 3
 
 
@@ -93,7 +94,8 @@ def test_list_pagination(clients: kube.Clients, namespace: str) -> None:
     while page.metadata._continue:
         page = clients.core.list_namespaced_config_map(namespace, limit=2, _continue=page.metadata._continue)
         names += [i.metadata.name for i in page.items]
-    assert names == ["p0", "p1", "p2", "p3", "p4"]
+    # every namespace also holds the cluster CA's ConfigMap, as on a real cluster
+    assert names == ["kube-root-ca.crt", "p0", "p1", "p2", "p3", "p4"]
 
 
 def test_deployment_patches_of_every_kind(clients: kube.Clients, namespace: str) -> None:
@@ -349,7 +351,7 @@ def test_deletecollection_by_label(clients: kube.Clients, namespace: str) -> Non
     for name, tier in (("a", "web"), ("b", "web"), ("c", "db")):
         core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": {"tier": tier}}})
     core.delete_collection_namespaced_config_map(namespace, label_selector="tier=web")
-    assert [i.metadata.name for i in core.list_namespaced_config_map(namespace).items] == ["c"]
+    assert [i.metadata.name for i in core.list_namespaced_config_map(namespace, label_selector="tier").items] == ["c"]
 
 
 def test_watch_with_initial_events_ends_them_with_a_bookmark(lab: Any, namespace: str,
@@ -360,6 +362,7 @@ def test_watch_with_initial_events_ends_them_with_a_bookmark(lab: Any, namespace
     clients.core.create_namespaced_config_map(namespace, {"metadata": {"name": "present"}})
     ctx = ssl.create_default_context(cafile=lab.ca)
     url = (f"{lab.url}/api/v1/namespaces/{namespace}/configmaps?watch=true&sendInitialEvents=true"
+           "&fieldSelector=metadata.name%3Dpresent"
            "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1")
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {lab.token}"})
     with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
