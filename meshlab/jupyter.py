@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -60,17 +59,6 @@ def find_notebooks() -> Path:
         if candidate.is_dir():
             return candidate
     raise LabError("no notebooks/ folder found: run `meshlab lab` from a meshlab checkout")
-
-
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise LabError("no free TCP port on 127.0.0.1 for JupyterLab")
 
 
 def _serving(port: int, token: str) -> bool:
@@ -121,7 +109,7 @@ def run(*, kubeconfig: Path | None = None, port: int | None = None, open_browser
             state = meshlab_home() / "jupyter"
         state.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(24)
-        port = _free_port(port if port is not None else DEFAULT_PORT)
+        port = supervisor.free_port(port if port is not None else DEFAULT_PORT)
         log_path = state / "jupyterlab.log"
         command = jupyter_command(notebooks=notebooks, port=port, token=token, state=state,
                                   as_root=hasattr(os, "geteuid") and os.geteuid() == 0)

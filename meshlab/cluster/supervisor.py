@@ -77,7 +77,8 @@ async def bootstrap(rest: RestStorage, port: int) -> None:
         await rest.update(ep_rt, "default", "kubernetes", {**found[1], "subsets": endpoints["subsets"]}, opts)
 
 
-def _free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else any free port there."""
     for port in (preferred, 0):
         with socket.socket() as sock:
             try:
@@ -206,7 +207,7 @@ def up(lab: LabDir, *, port: int | None = None, timeout: float = 30.0, runtime: 
         return info
     lab.create()
     previous = lab.server_info() or {}
-    chosen = _free_port(port if port is not None else int(previous.get("port") or DEFAULT_PORT))
+    chosen = free_port(port if port is not None else int(previous.get("port") or DEFAULT_PORT))
     with contextlib.suppress(FileNotFoundError):
         lab.server_file.unlink()
     # posix_spawn rather than Popen: the supervisor outlives this process, and nothing here will wait

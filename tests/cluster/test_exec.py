@@ -48,7 +48,7 @@ class LocalPodIO:
 @pytest.fixture(scope="module")
 def pod_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDir]:
     lab = LabDir.named("exec", tmp_path_factory.mktemp("exec-home"))
-    port = supervisor._free_port(0)
+    port = supervisor.free_port()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

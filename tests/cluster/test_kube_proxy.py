@@ -259,7 +259,7 @@ class Pods:
 @pytest.fixture(scope="module")
 def proxy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabDir, str]]:
     lab = LabDir.named("kube-proxy", tmp_path_factory.mktemp("kube-proxy-home"))
-    port = supervisor._free_port(0)
+    port = supervisor.free_port()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     urls: list[str] = []

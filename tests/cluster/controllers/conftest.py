@@ -74,7 +74,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 @pytest.fixture(scope="package")
 def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerLab]:
     lab = LabDir.named("controllers", tmp_path_factory.mktemp("controllers-home"))
-    port = supervisor._free_port(0)
+    port = supervisor.free_port()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

@@ -129,7 +129,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     home = tmp_path_factory.mktemp("kubelet-home")
     marks = tmp_path_factory.mktemp("marks")
     lab = LabDir.named("kubelet", home)
-    port = supervisor._free_port(0)
+    port = supervisor.free_port()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     made: list[Kubelet] = []
