@@ -5,23 +5,19 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.meshlab-installed
-LAB_STAMP := $(VENV)/.meshlab-lab-installed
 # Notebooks are tests: nbval runs each one and compares the outputs of cells marked NBVAL_CHECK_OUTPUT.
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 
 .PHONY: lab test lint typecheck unit notebooks bench down clean
 
+# One environment for both commands: the tests start JupyterLab too (`meshlab lab` is tested).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,lab]'
 	touch $(STAMP)
 
-$(LAB_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,lab]'
-	touch $(LAB_STAMP)
-
-lab: $(LAB_STAMP)
+lab: $(STAMP)
 	$(VENV)/bin/meshlab lab
 
 down: $(STAMP)

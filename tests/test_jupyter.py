@@ -72,7 +72,7 @@ def test_meshlab_lab_serves_jupyterlab_and_stops_what_it_started(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.communicate()  # also closes the pipe when the test failed early
         supervisor.down(labdir)
 
 
