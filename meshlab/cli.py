@@ -8,7 +8,9 @@ from pathlib import Path
 
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import MeshlabError
-from meshlab.mesh.apps import echo
+from meshlab.mesh import load
+from meshlab.mesh.apps import echo, httpbin
+from meshlab.mesh.apps.bookstore import details, productpage, ratings, reviews
 
 # The lab's machinery (supervisor, jupyter) is imported only by the commands that need it: `meshlab app ...`
 # is what every meshlab container runs, and must start fast and small.
@@ -64,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     echo_p = apps.add_parser("echo", help="answer every HTTP request with JSON about the request and the pod")
     echo.add_arguments(echo_p)
     echo_p.set_defaults(func=echo.run)
+    for name, module, about in [
+        ("productpage", productpage, "the bookstore's front end: an HTML page and a JSON API (port 9080)"),
+        ("details", details, "the bookstore's book details (port 9080)"),
+        ("reviews", reviews, "the bookstore's reviews, v1/v2/v3 (port 9080)"),
+        ("ratings", ratings, "the bookstore's star ratings (port 9080)"),
+        ("httpbin", httpbin, "an httpbin-like test backend: /status/CODE, /delay/S, /headers (port 8000)"),
+    ]:
+        app_p = apps.add_parser(name, help=about)
+        module.add_arguments(app_p)
+        app_p.set_defaults(func=module.run)
+    load_p = sub.add_parser("load", help="send HTTP load at a fixed rate or concurrency and report latencies")
+    load.add_arguments(load_p)
+    load_p.set_defaults(func=load.run)
     lab = sub.add_parser("lab", help="start the embedded lab (or use --kubeconfig) and JupyterLab on notebooks/")
     lab.add_argument("--kubeconfig", type=Path, default=None, help="use this cluster instead of the embedded lab")
     lab.add_argument("--port", type=int, default=None, help="JupyterLab's port (default: 8888 or a free one)")
