@@ -51,9 +51,9 @@ def test_a_deleted_pod_is_replaced_and_a_new_template_rolls_out(clients: kube.Cl
         "replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template}})
 
     def ready(want_image: str) -> list[Any]:
-        d = apps.read_namespaced_deployment("web", namespace)
+        status = apps.read_namespaced_deployment("web", namespace).status
         pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
-        if d.status.ready_replicas == 3 and d.status.updated_replicas == 3 and len(pods) == 3 and all(
+        if status and status.ready_replicas == 3 and status.updated_replicas == 3 and len(pods) == 3 and all(
                 p.spec.containers[0].image == want_image for p in pods):
             return pods
         return []
