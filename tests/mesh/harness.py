@@ -86,8 +86,8 @@ def wait_healthy(apps: list[App], health: str = "/health", timeout: float = 15) 
                 with DIRECT.open(f"{app.url}{health}", timeout=2):
                     break
             except OSError:
-                assert app.proc.poll() is None, f"{app.proc.args} exited: {app.stop()}"
-                assert time.monotonic() < deadline, f"{app.proc.args} did not start listening"
+                assert app.proc.poll() is None, f"{app.proc.args!r} exited: {app.stop()}"
+                assert time.monotonic() < deadline, f"{app.proc.args!r} did not start listening"
                 time.sleep(0.05)
 
 

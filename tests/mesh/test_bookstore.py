@@ -28,9 +28,9 @@ from tests.mesh.harness import DIRECT, App, ForwardProxy, Route, clean_env, star
 MANIFEST = Path(__file__).parents[2] / "meshlab" / "mesh" / "manifests" / "bookstore.yaml"
 RATED = Reply(200, {"id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4}})
 TRACE = {"x-request-id": "req-42", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-         "tracestate": "vendor=1", "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7", "x-b3-spanid": "e457b5a2e4d86bd1",
-         "x-b3-sampled": "1", "b3": "80f198ee56343ba8-e457b5a2e4d86bd1-1", "end-user": "jason",
-         "user-agent": "learner/1.0"}
+         "tracestate": "vendor=1", "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+         "x-b3-spanid": "e457b5a2e4d86bd1", "x-b3-sampled": "1", "b3": "80f198ee56343ba8-e457b5a2e4d86bd1-1",
+         "end-user": "jason", "user-agent": "learner/1.0"}
 
 
 def stars(page: str) -> list[str]:
