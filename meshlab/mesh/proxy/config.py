@@ -214,7 +214,8 @@ class OutlierPolicy:
 class Endpoint:
     address: str
     port: int
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Left out of equality and hashing so endpoints can live in sets; the address identifies the host.
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
     healthy: bool = True
 
     @property
