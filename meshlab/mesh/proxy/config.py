@@ -19,12 +19,15 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+from meshlab.mesh.xds import resources as xds
+
+# The type URLs Pilot and the proxy share (meshlab.mesh.xds.resources), under the names this package uses.
+CLUSTER_TYPE = xds.CLUSTER
+ENDPOINT_TYPE = xds.ENDPOINTS
+LISTENER_TYPE = xds.LISTENER
+ROUTE_TYPE = xds.ROUTE
 #: The order Pilot pushes in (and the order a fresh proxy subscribes in).
-TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+TYPE_ORDER = xds.ORDER
 
 
 class StringKind(Enum):
