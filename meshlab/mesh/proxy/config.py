@@ -283,7 +283,8 @@ def route_table_problems(table: RouteTable, clusters: Mapping[str, ClusterPolicy
             # Envoy refuses a domain served by two virtual hosts of one route configuration.
             owner = seen_domains.get(domain.lower())
             if owner is not None:
-                problems.append(f'{where}: domain "{domain}" is already in virtual host "{owner}"')
+                problems.append(f'{where}: only unique values for domains are permitted; domain "{domain}" '
+                                f'is already in virtual host "{owner}"')
             seen_domains[domain.lower()] = vhost.name
         for index, route in enumerate(vhost.routes):
             label = f"{where} route {index}" + (f' "{route.name}"' if route.name else "")

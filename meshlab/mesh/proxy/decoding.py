@@ -42,7 +42,10 @@ _HTTP_FILTER_TYPES = {
 }
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _RETRY_ON = frozenset(
-    {"5xx", "gateway-error", "connect-failure", "retriable-4xx", "reset", "refused-stream", "retriable-status-codes"}
+    {"5xx", "gateway-error", "connect-failure", "retriable-4xx", "reset", "refused-stream", "retriable-status-codes",
+     # gRPC conditions (x-envoy-retry-grpc-on), part of Istio's default "connect-failure,refused-stream,
+     # unavailable,cancelled,retriable-status-codes"; they look at the response's grpc-status.
+     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
 )
 _LB = {
     cluster_pb2.Cluster.ROUND_ROBIN: c.LbPolicy.ROUND_ROBIN,

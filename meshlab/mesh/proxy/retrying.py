@@ -4,7 +4,8 @@ Follows Envoy's router (envoyproxy.io/docs/envoy/latest/configuration/http/http_
 "x-envoy-retry-on", and ``retry_state_impl.cc``). ``5xx`` retries any 5xx response and any attempt that got no
 response (connect failure, reset, per-try timeout); ``gateway-error`` retries 502/503/504, resets and per-try
 timeouts; ``reset`` and ``connect-failure`` cover only their own failures; ``retriable-4xx`` is 409 alone;
-``refused-stream`` is an HTTP/2 REFUSED_STREAM; ``retriable-status-codes`` uses the policy's list. A circuit
+``refused-stream`` is an HTTP/2 REFUSED_STREAM; ``retriable-status-codes`` uses the policy's list; the gRPC
+tokens (``cancelled``, ``unavailable``... in Istio's default) match the response's ``grpc-status``. A circuit
 breaker overflow is never retried. Between attempts Envoy waits a fully jittered exponential back-off: retry
 *n* waits ``draw((2**n - 1) * base)`` ms, capped at ``max_interval`` (ten times the 25 ms base). Each retry also
 needs a slot in the cluster's ``max_retries`` circuit breaker; without one the request ends with ``UO``; with
@@ -37,13 +38,14 @@ class Outcome(Enum):
 class Attempt:
     outcome: Outcome
     status: int | None = None
+    grpc_status: int | None = None  # the response's ``grpc-status`` header, if any
 
     @classmethod
-    def response(cls, status: int) -> Attempt:
-        return cls(Outcome.RESPONSE, status)
+    def response(cls, status: int, *, grpc_status: int | None = None) -> Attempt:
+        return cls(Outcome.RESPONSE, status, grpc_status)
 
 
-_NO_RESPONSE = {Outcome.CONNECT_FAILURE, Outcome.RESET, Outcome.REFUSED_STREAM}
+_GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
 
 
 def is_retriable(policy: RetryPolicy, attempt: Attempt) -> bool:
@@ -58,6 +60,7 @@ def is_retriable(policy: RetryPolicy, attempt: Attempt) -> bool:
             or ("gateway-error" in on and status in (502, 503, 504))
             or ("retriable-4xx" in on and status == 409)
             or ("retriable-status-codes" in on and status in policy.retriable_status_codes)
+            or any(_GRPC_RETRY_ON.get(token) == attempt.grpc_status for token in on if attempt.grpc_status)
         )
     if outcome is Outcome.PER_TRY_TIMEOUT:
         return bool(on & {"5xx", "gateway-error"})

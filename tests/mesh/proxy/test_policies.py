@@ -118,9 +118,14 @@ REFUSED, OVERFLOW = Attempt(Outcome.REFUSED_STREAM), Attempt(Outcome.OVERFLOW)
         ("reset", RESET, True), ("reset", CONNECT, True), ("reset", TIMEOUT, False), ("reset", R(503), False),
         ("retriable-4xx", R(409), True), ("retriable-4xx", R(429), False),
         ("refused-stream", REFUSED, True), ("refused-stream", RESET, False),
+        ("unavailable", R(200, grpc_status=14), True), ("unavailable", R(200, grpc_status=1), False),
+        ("cancelled", R(200, grpc_status=1), True), ("connect-failure,refused-stream,unavailable,cancelled", R(503),
+                                                      False),
         ("5xx,gateway-error,connect-failure,retriable-4xx,reset", OVERFLOW, False),
     ],
-    ids=lambda v: v.outcome.value + (f" {v.status}" if v.status else "") if isinstance(v, Attempt) else str(v),
+    ids=lambda v: (v.outcome.value + (f" {v.status}" if v.status else "")
+                   + (f" grpc-status {v.grpc_status}" if v.grpc_status is not None else ""))
+    if isinstance(v, Attempt) else str(v),
 )
 def test_what_each_retry_on_token_retries(retry_on: str, attempt: Attempt, retriable: bool) -> None:
     assert is_retriable(RetryPolicy(frozenset(retry_on.split(","))), attempt) is retriable
