@@ -116,10 +116,13 @@ def test_deployment_patches_of_every_kind(clients: kube.Clients, namespace: str)
     assert scale.kind == "Scale" and scale.spec.replicas == 1
     assert apps.read_namespaced_deployment("web", namespace).spec.replicas == 1
     # status is written only through /status, and does not bump generation
+    # (the lab's deployment controller writes status too, so check what this write answered)
     before = apps.read_namespaced_deployment("web", namespace)
-    apps.patch_namespaced_deployment_status("web", namespace, {"status": {"observedGeneration": 4, "replicas": 1}})
-    after = apps.read_namespaced_deployment("web", namespace)
-    assert after.status.replicas == 1 and after.metadata.generation == before.metadata.generation
+    written = apps.patch_namespaced_deployment_status("web", namespace, {"status": {"observedGeneration": 4,
+                                                                                    "collisionCount": 7}})
+    assert written.status.collision_count == 7 and written.metadata.generation == before.metadata.generation
+    unchanged = apps.patch_namespaced_deployment("web", namespace, {"status": {"collisionCount": 9}})
+    assert unchanged.status.collision_count != 9, "the main resource must not write status"
 
 
 def test_server_side_apply_creates_then_updates(clients: kube.Clients, namespace: str) -> None:

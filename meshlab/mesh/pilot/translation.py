@@ -107,7 +107,9 @@ def _domains(service: Service, port: int, proxy: ProxyIdentity) -> list[str]:
         names.insert(0, service.name)
     if service.cluster_ip and service.cluster_ip != "None":
         names.append(service.cluster_ip)
-    return [d for name in names for d in (name, f"{name}:{port}")]
+    # A Host without a port means port 80 (RFC 9110 §4.2.1): only that port's virtual host takes the portless
+    # forms, so a service with several ports never lists the same domain twice (Envoy rejects duplicates).
+    return [d for name in names for d in ((name, f"{name}:{port}") if port == 80 else (f"{name}:{port}",))]
 
 
 def _cluster(name: str, policy: Spec) -> cluster_pb2.Cluster:

@@ -84,9 +84,11 @@ def test_no_virtual_service_gives_istios_default_route() -> None:
 
 
 @pytest.mark.parametrize(("proxy_ns", "present", "absent"), [
-    pytest.param("default", ["reviews", "reviews:9080", "reviews.default", "reviews.default.svc:9080", REVIEWS,
-                             f"{REVIEWS}:9080", "10.96.0.20", "10.96.0.20:9080"], [], id="same-namespace"),
-    pytest.param("tools", ["reviews.default", "reviews.default:9080", REVIEWS], ["reviews", "reviews:9080"],
+    # port 9080: a Host without a port would mean port 80, so only the host:port forms are listed
+    pytest.param("default", ["reviews:9080", "reviews.default:9080", "reviews.default.svc:9080", f"{REVIEWS}:9080",
+                             "10.96.0.20:9080"], ["reviews", "reviews.default", REVIEWS, "10.96.0.20"],
+                 id="same-namespace"),
+    pytest.param("tools", ["reviews.default:9080", f"{REVIEWS}:9080"], ["reviews", "reviews:9080"],
                  id="other-namespace-no-short-name"),
 ])
 def test_virtual_host_domains(proxy_ns: str, present: list[str], absent: list[str]) -> None:
@@ -332,3 +334,10 @@ def test_node_identity_round_trip() -> None:
     node = PRODUCTPAGE.to_node()
     assert node.id == "sidecar~127.0.0.10~productpage-v1-abc.default~default.svc.cluster.local"
     assert from_node(node) == PRODUCTPAGE
+
+
+def test_no_domain_is_listed_twice_in_the_outbound_routes() -> None:
+    # Envoy (and the meshlab proxy) reject a route configuration in which two virtual hosts share a domain.
+    config = _find(translate(_state(), PRODUCTPAGE), ROUTE, "outbound")
+    domains = [d for v in config.virtual_hosts for d in v.domains]
+    assert len(domains) == len(set(domains))
