@@ -131,7 +131,8 @@ def test_istio_resources_keep_their_namespace_and_spec() -> None:
           "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}
     state = state_from(objects(vs, dr))
     assert [(v.namespace, v.name, v.spec) for v in state.virtual_services] == [("prod", "reviews", vs["spec"])]
-    assert state.destination_rule_for("reviews.default.svc.cluster.local", "default").spec == dr["spec"]
+    found = state.destination_rule_for("reviews.default.svc.cluster.local", "default")
+    assert found is not None and found.spec == dr["spec"]
 
 
 def test_same_objects_give_an_equal_state() -> None:
@@ -141,7 +142,8 @@ def test_same_objects_give_an_equal_state() -> None:
 
 @pytest.mark.parametrize(("steps", "changed", "count"), [
     pytest.param([("ADDED", "a", "1")], [True], 1, id="added"),
-    pytest.param([("ADDED", "a", "1"), ("MODIFIED", "a", "1")], [True, False], 1, id="an identical repeat changes nothing"),
+    pytest.param([("ADDED", "a", "1"), ("MODIFIED", "a", "1")], [True, False], 1,
+                 id="an identical repeat changes nothing"),
     pytest.param([("ADDED", "a", "1"), ("MODIFIED", "a", "2")], [True, True], 1, id="modified"),
     pytest.param([("ADDED", "a", "1"), ("DELETED", "a", "2")], [True, True], 0, id="deleted"),
     pytest.param([("DELETED", "a", "1")], [False], 0, id="deleting the unknown changes nothing"),
