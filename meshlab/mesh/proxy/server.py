@@ -1,0 +1,446 @@
+"""The sidecar's I/O shell: listeners from xDS, Envoy's per-request router steps, and the admin listener.
+
+One :class:`Sidecar` serves what the current :class:`ProxyConfig` says (envoyproxy.io/docs/envoy/latest/intro/
+life_of_a_request): the ``virtualOutbound`` listener on ``<pod IP>:15001``, which applications reach through
+``HTTP_PROXY`` with absolute-form targets (RFC 9112 §3.2.2), routed by RDS ``outbound``; one inbound listener
+per ``virtualInbound`` filter chain on ``<pod IP>:<port>``, routed by ``inbound|<port>`` to the application;
+and the admin listener (15000). Per request it does what Envoy's connection manager, fault filter and router
+do, in that order: give the request an ``x-request-id``, pick a route (404 ``NR``) and a cluster (503 ``NC``),
+apply the fault (delay, then abort), fire the mirrors (copies whose answers are dropped), then attempt —
+circuit breaker, load balancer minus ejected hosts, the call bounded by the per-try and route timeouts —
+feeding each result to outlier detection and the retry state until the retry state says stop. The response
+gets ``x-envoy-upstream-service-time`` and ``server: envoy`` (Envoy's default ``server_name``, which Istio's
+sidecar listeners keep; only Istio's gateways say ``istio-envoy``), and one access-log line goes to stdout.
+When Pilot goes away nothing changes here: the ADS client keeps the last good config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import formatdate
+from typing import Any
+
+from google.protobuf import any_pb2
+
+from meshlab.mesh.proxy import admin, http1
+from meshlab.mesh.proxy.accesslog import AccessRecord, ensure_request_id, format_line
+from meshlab.mesh.proxy.config import ProxyConfig, Route
+from meshlab.mesh.proxy.policies import (
+    LocalReply,
+    ResponseFlag,
+    attempt_timeout,
+    cluster_not_found_reply,
+    connect_failure_reply,
+    decide_fault,
+    decide_mirrors,
+    fault_abort_reply,
+    no_healthy_upstream_reply,
+    no_route_reply,
+    overflow_reply,
+    reset_reply,
+    shadow_authority,
+    timeout_reply,
+    upstream_service_time_header,
+)
+from meshlab.mesh.proxy.retrying import Outcome, RetryState
+from meshlab.mesh.proxy.routing import RequestHead, route_request
+from meshlab.mesh.proxy.upstream import AttemptResult, ClusterState
+from meshlab.mesh.xds import resources as xds
+
+log = logging.getLogger(__name__)
+
+ADMIN_PORT = 15000
+#: Envoy's default ``server_name``; the sidecar overwrites the application's ``server`` header with it.
+SERVER_NAME = "envoy"
+#: A mirror's copy gives up after this long when its route has no timeout (Envoy shadows use the route timeout).
+SHADOW_TIMEOUT = 30.0
+
+
+def _stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+@dataclass(frozen=True)
+class Settings:
+    pod_ip: str
+    admin_address: str = "127.0.0.1"
+    admin_port: int = ADMIN_PORT
+    header_timeout: float = 10.0  # request_headers_timeout: the whole head must arrive within this
+    idle_timeout: float = 300.0  # a keep-alive connection without a request for this long is closed
+    drain_time: float = 5.0  # how long /quitquitquit and stop() wait for requests in flight
+
+
+@dataclass
+class _Listener:
+    name: str
+    route_name: str
+    fault_filter: bool
+    server: asyncio.Server | None = None
+
+
+@dataclass
+class _Downstream:
+    local: str
+    remote: str
+
+
+@dataclass
+class Sidecar:
+    """The running proxy. :meth:`apply` takes each accepted config; :meth:`start`/:meth:`stop` run it."""
+
+    settings: Settings
+    log_line: Callable[[str], None] = _stdout
+    draw: Callable[[int], int] = random.randrange
+    config: ProxyConfig = field(default_factory=ProxyConfig)
+    resources: Mapping[str, list[any_pb2.Any]] = field(default_factory=dict)
+    clusters: dict[str, ClusterState] = field(default_factory=dict)
+    stats: Counter[str] = field(default_factory=Counter)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # no new requests from now on
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # drained and closed
+    _listeners: dict[int, _Listener] = field(default_factory=dict)
+    _admin: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _in_flight: int = 0
+    _connections: set[asyncio.StreamWriter] = field(default_factory=set)
+    _reconcile_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # ---- configuration -------------------------------------------------------------------------------------
+
+    def apply(self, config: ProxyConfig, resources: Mapping[str, list[any_pb2.Any]] | None = None) -> None:
+        """Take a newly accepted config: cluster state now, listeners in the background (binding is async)."""
+        self.config = config
+        if resources is not None:
+            self.resources = resources
+        for name in [n for n in self.clusters if n not in config.clusters]:
+            self.clusters.pop(name).close()
+        for name, policy in config.clusters.items():
+            endpoints = config.endpoints_of(name)
+            state = self.clusters.get(name)
+            if state is not None and state.policy == policy:
+                if state.endpoints != endpoints:
+                    state.set_endpoints(endpoints)
+                continue
+            if state is not None:
+                state.close()
+            self.clusters[name] = ClusterState(policy, endpoints, draw=self.draw)
+        self._spawn(self._reconcile_listeners())
+
+    def _wanted_listeners(self) -> dict[int, _Listener]:
+        wanted: dict[int, _Listener] = {}
+        outbound = self.config.listeners.get(xds.OUTBOUND_LISTENER)
+        if outbound is not None:
+            wanted[outbound.port] = _Listener(outbound.name, outbound.route_config_name, outbound.fault_filter)
+        inbound = self.config.listeners.get(xds.INBOUND_LISTENER)
+        if inbound is not None:
+            ports = admin.inbound_ports(self.resources)
+            if not ports and inbound.route_config_name.startswith("inbound|"):
+                ports = {int(inbound.route_config_name.split("|")[1]): inbound.route_config_name}
+            for port, route_name in ports.items():
+                wanted[port] = _Listener(f"{inbound.name}|{port}", route_name, inbound.fault_filter)
+        return wanted
+
+    async def _reconcile_listeners(self) -> None:
+        async with self._reconcile_lock:
+            if self.stopping.is_set():
+                return
+            wanted = self._wanted_listeners()
+            for port in [p for p in self._listeners if p not in wanted]:
+                old = self._listeners.pop(port)
+                if old.server is not None:
+                    old.server.close()
+            for port, listener in wanted.items():
+                current = self._listeners.get(port)
+                if current is not None:
+                    current.route_name, current.fault_filter = listener.route_name, listener.fault_filter
+                    continue
+                try:
+                    listener.server = await self._listen(self.settings.pod_ip, port, listener)
+                except OSError as err:
+                    log.error("cannot listen on %s:%d for %s: %s", self.settings.pod_ip, port, listener.name, err)
+                    self.stats["listener_manager.listener_create_failure"] += 1
+                    continue
+                self._listeners[port] = listener
+
+    @property
+    def ready(self) -> bool:
+        """Envoy's /ready: LIVE once listeners and their routes have been applied."""
+        return bool(self.config.versions.get(xds.LISTENER)) and bool(self.config.versions.get(xds.ROUTE))
+
+    @property
+    def listening_ports(self) -> list[int]:
+        return sorted(p for p, lst in self._listeners.items() if lst.server is not None)
+
+    # ---- life cycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async def admin_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve_connection(reader, writer, None)
+
+        self._admin = await asyncio.start_server(admin_connection, self.settings.admin_address,
+                                                 self.settings.admin_port, limit=http1.MAX_HEAD + 1024)
+        self._spawn(self._sweep_outliers())
+
+    async def stop(self) -> None:
+        """Graceful exit: stop accepting, let requests in flight finish (up to ``drain_time``), close."""
+        if self.stopping.is_set():
+            await self.stopped.wait()
+            return
+        self.stopping.set()
+        servers = [lst.server for lst in self._listeners.values() if lst.server is not None]
+        if self._admin is not None:
+            servers.append(self._admin)
+        for server in servers:
+            server.close()
+        deadline = time.monotonic() + self.settings.drain_time
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        for writer in list(self._connections):
+            writer.close()  # idle keep-alive connections; the busy ones finished (or ran out of drain time)
+        for state in self.clusters.values():
+            state.close()
+        self.stopped.set()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_outliers(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for state in self.clusters.values():
+                state.sweep(now)
+
+    async def _listen(self, host: str, port: int, listener: _Listener) -> asyncio.Server:
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve_connection(reader, writer, listener)
+
+        return await asyncio.start_server(connection, host, port, limit=http1.MAX_HEAD + 1024)
+
+    # ---- downstream connections ----------------------------------------------------------------------------
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                listener: _Listener | None) -> None:
+        local, remote = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+        downstream = _Downstream(f"{local[0]}:{local[1]}", f"{remote[0]}:{remote[1]}")
+        self.stats["downstream_cx_total"] += 1
+        self._connections.add(writer)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    request = await http1.read_request(reader, writer, idle_timeout=self.settings.idle_timeout,
+                                                       header_timeout=self.settings.header_timeout)
+                except http1.HttpError as err:
+                    self.stats[f"downstream_rq_{err.status}"] += 1
+                    writer.write(http1.error_response(err.status, str(err)))
+                    await writer.drain()
+                    break
+                if request is None:
+                    break
+                self._in_flight += 1
+                try:
+                    if listener is None:
+                        response = await self._admin_request(request)
+                    else:
+                        response = await self._proxy(listener, request, downstream)
+                finally:
+                    self._in_flight -= 1
+                keep = request.keep_alive and not self.stopping.is_set()
+                if not keep:
+                    response.headers.append(("connection", "close"))
+                writer.write(http1.encode_response(response, method=request.method))
+                await writer.drain()
+                if not keep:
+                    break
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            self.stats["downstream_cx_destroy_remote"] += 1  # the client reset or vanished: only this connection
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    # ---- the router ----------------------------------------------------------------------------------------
+
+    async def _proxy(self, listener: _Listener, request: http1.Request, downstream: _Downstream) -> http1.Response:
+        start, started_at = time.monotonic(), datetime.now(UTC)
+        authority, path = http1.split_target(request.target)
+        authority = authority if authority is not None else request.header("host") or ""
+        headers = [(k, v) for k, v in http1.forwardable(request.headers) if k.lower() != "host"]
+        headers_t, request_id = ensure_request_id(headers)
+        headers = list(headers_t)
+        record = AccessRecord(started_at, request.method, path, request.version, bytes_received=len(request.body),
+                              x_forwarded_for=request.header("x-forwarded-for"),
+                              user_agent=request.header("user-agent"),
+                              request_id=request_id, authority=authority, downstream_local_address=downstream.local,
+                              downstream_remote_address=downstream.remote)
+        outcome = await self._route(listener, request, path, authority, headers, record)
+        response, record = outcome
+        response.headers = [(k, v) for k, v in response.headers if k.lower() != "server"]
+        response.headers.append(("server", SERVER_NAME))
+        self.stats["downstream_rq_total"] += 1
+        self.stats[f"downstream_rq_{response.status // 100}xx"] += 1
+        record = replace(record, response_code=response.status, bytes_sent=len(response.body),
+                         duration=time.monotonic() - start)
+        self.log_line(format_line(record))
+        return response
+
+    async def _route(self, listener: _Listener, request: http1.Request, path: str, authority: str,
+                     headers: http1.Headers, record: AccessRecord) -> tuple[http1.Response, AccessRecord]:
+        table = self.config.route_tables.get(listener.route_name)
+        head = RequestHead(request.method, path, authority, tuple(headers))
+        decision = route_request(table, head, draw=self.draw) if table is not None else None
+        if decision is None:
+            return _local(no_route_reply()), _flagged(record, no_route_reply())
+        route = decision.route
+        record = replace(record, route_name=route.name or None, upstream_cluster=decision.cluster)
+        cluster = self.clusters.get(decision.cluster)
+        if cluster is None:
+            return _local(cluster_not_found_reply()), _flagged(record, cluster_not_found_reply())
+        fault = decide_fault(route.fault, self.draw) if listener.fault_filter else None
+        flags: set[ResponseFlag] = set(fault.flags) if fault is not None else set()
+        if fault is not None and fault.delay is not None:
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.abort_status is not None:
+            reply = fault_abort_reply(fault.abort_status)
+            return _local(reply), replace(_flagged(record, reply), response_flags=frozenset(flags))
+        upstream_headers = [*headers, ("host", authority), ("x-forwarded-proto", "http")]
+        for mirror in decide_mirrors(route, self.draw):
+            shadow = [*headers, ("host", shadow_authority(authority)), ("x-forwarded-proto", "http")]
+            self._spawn(self._shadow(mirror, route, request.method, path, shadow, request.body))
+        return await self._attempts(route, cluster, request, path, upstream_headers, record, flags)
+
+    async def _attempts(self, route: Route, cluster: ClusterState, request: http1.Request, path: str,
+                        headers: http1.Headers, record: AccessRecord,
+                        flags: set[ResponseFlag]) -> tuple[http1.Response, AccessRecord]:
+        retry = RetryState(route.retry, draw=self.draw)
+        router_start = time.monotonic()
+        result: AttemptResult | None = None
+        reply: LocalReply | None = None
+        held_retries = 0
+        try:
+            while True:
+                timeout = attempt_timeout(route, time.monotonic() - router_start)
+                if timeout is not None and timeout <= 0:
+                    reply = timeout_reply()
+                    break
+                endpoint = cluster.pick()
+                if endpoint is None:
+                    cluster.stats["upstream_cx_none_healthy"] += 1
+                    reply = no_healthy_upstream_reply()
+                    break
+                per_try = route.retry.per_try_timeout if route.retry is not None else None
+                per_try_bound = per_try is not None and timeout is not None and per_try <= timeout
+                result = await cluster.attempt(endpoint, request.method, path, headers, request.body, timeout)
+                outcome = result.attempt.outcome
+                if outcome is Outcome.OVERFLOW:
+                    reply = overflow_reply()
+                    break
+                if outcome is Outcome.PER_TRY_TIMEOUT and not per_try_bound:
+                    reply = timeout_reply()  # the route's own timeout fired: never retried
+                    break
+                step = retry.after(result.attempt, acquire_retry=cluster.breaker.try_acquire_retry)
+                if step.flag is not None:
+                    flags.add(step.flag)
+                    if step.flag is ResponseFlag.UO:
+                        cluster.stats["upstream_rq_retry_overflow"] += 1
+                if not step.retry:
+                    break
+                held_retries += 1
+                cluster.stats["upstream_rq_retry"] += 1
+                await asyncio.sleep(step.wait)
+        finally:
+            for _ in range(held_retries):
+                cluster.breaker.release_retry()
+        service_time = time.monotonic() - router_start
+        if result is not None:
+            record = replace(record, upstream_host=result.host, upstream_local_address=result.local_address)
+        if reply is None and result is not None and result.response is None:
+            outcome = result.attempt.outcome
+            reply = {Outcome.CONNECT_FAILURE: connect_failure_reply, Outcome.PER_TRY_TIMEOUT: timeout_reply}.get(
+                outcome, reset_reply)()
+        if reply is not None:
+            return _local(reply), replace(_flagged(record, reply), response_flags=frozenset(flags | reply.flags))
+        assert result is not None and result.response is not None
+        upstream = result.response
+        response = http1.Response(upstream.status, http1.forwardable(upstream.headers), upstream.body,
+                                  reason=upstream.reason)
+        response.headers.append(upstream_service_time_header(service_time))
+        record = replace(record, response_flags=frozenset(flags), upstream_service_time=service_time,
+                         response_code_details="via_upstream")
+        return response, record
+
+    async def _shadow(self, cluster_name: str, route: Route, method: str, path: str, headers: http1.Headers,
+                      body: bytes) -> None:
+        """A mirror copy: one attempt, its answer dropped (Envoy's shadow requests are fire-and-forget)."""
+        cluster = self.clusters.get(cluster_name)
+        endpoint = cluster.pick() if cluster is not None else None
+        if cluster is None or endpoint is None:
+            self.stats["shadow_rq_dropped"] += 1
+            return
+        cluster.stats["upstream_rq_shadow"] += 1
+        await cluster.attempt(endpoint, method, path, headers, body, route.timeout or SHADOW_TIMEOUT)
+
+    # ---- admin ---------------------------------------------------------------------------------------------
+
+    async def _admin_request(self, request: http1.Request) -> http1.Response:
+        path, _, query = http1.split_target(request.target)[1].partition("?")
+        text = "text/plain; charset=UTF-8"
+        if path == "/ready":
+            return _text(200, "LIVE\n") if self.ready else _text(503, "PRE_INITIALIZING\n")
+        if path == "/config_dump":
+            return _text(200, admin.config_dump(self.resources, self.config.versions), "application/json")
+        if path == "/clusters":
+            return _text(200, admin.clusters_page(self._cluster_views()), text)
+        if path == "/stats":
+            as_json = "format=json" in query
+            return _text(200, admin.stats_page(self.all_stats(), as_json=as_json),
+                         "application/json" if as_json else text)
+        if path == "/quitquitquit":
+            if request.method != "POST":
+                return _text(405, "This endpoint requires POST\n")
+            self._spawn(self.stop())
+            return _text(200, "OK\n")
+        return _text(404, "invalid path; try /config_dump /clusters /stats /ready /quitquitquit\n")
+
+    def all_stats(self) -> dict[str, int]:
+        counters = {f"http.{k}" if k.startswith("downstream_rq") else k: v for k, v in self.stats.items()}
+        for name, state in self.clusters.items():
+            counters.update(admin.stat_names(f"cluster.{name}", state.stats))
+            counters[f"cluster.{name}.membership_total"] = len(state.endpoints)
+            counters[f"cluster.{name}.outlier_detection.ejections_active"] = (
+                len(state.outlier.ejected) if state.outlier is not None else 0)
+        return counters
+
+    def _cluster_views(self) -> list[tuple[str, Mapping[str, int], list[admin.HostView]]]:
+        views: list[tuple[str, Mapping[str, int], list[admin.HostView]]] = []
+        for name, state in sorted(self.clusters.items()):
+            ejected = state.outlier.ejected if state.outlier is not None else frozenset()
+            hosts = [admin.HostView(e.host, e.healthy, e.host in ejected, state.active.get(e.host, 0),
+                                    state.host_stats.get(e.host, Counter())) for e in state.endpoints]
+            views.append((name, state.stats, hosts))
+        return views
+
+
+def _local(reply: LocalReply) -> http1.Response:
+    headers = [("content-type", "text/plain"), ("date", formatdate(usegmt=True)), *reply.headers]
+    return http1.Response(reply.status, headers, reply.body.encode())
+
+
+def _flagged(record: AccessRecord, reply: LocalReply) -> AccessRecord:
+    return replace(record, response_flags=reply.flags, response_code_details=reply.details)
+
+
+def _text(status: int, body: str, content_type: str = "text/plain; charset=UTF-8") -> http1.Response:
+    return http1.Response(status, [("content-type", content_type)], body.encode())
