@@ -47,6 +47,36 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0 if all(r.healthy for r in rows) else 2
 
 
+def _pilot(args: argparse.Namespace) -> int:
+    from meshlab.mesh.pilot import main as pilot
+
+    return pilot.run(args)
+
+
+def _mesh(args: argparse.Namespace) -> int:
+    import meshlab.lab
+    from meshlab.mesh import installing
+
+    lab = meshlab.lab.connect(args.kubeconfig)
+    try:
+        if args.action == "install":
+            installing.install(lab, timeout=args.timeout)
+            print(installing.format_status(installing.status(lab)))
+            return 0
+        if args.action == "uninstall":
+            for name in installing.uninstall(lab, purge=args.purge, timeout=args.timeout):
+                print(f"{name} deleted")
+            return 0
+        if args.action == "proxy-status":
+            print(installing.format_table(installing.proxy_status(lab)))
+            return 0
+        state = installing.status(lab)
+        print(installing.format_status(state))
+        return 0 if state.healthy else 3
+    finally:
+        lab.close()
+
+
 def _lab(args: argparse.Namespace) -> int:
     from meshlab import jupyter
 
@@ -79,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     load_p = sub.add_parser("load", help="send HTTP load at a fixed rate or concurrency and report latencies")
     load.add_arguments(load_p)
     load_p.set_defaults(func=load.run)
+    pilot_p = sub.add_parser("pilot", help="run the mesh control plane (what the istiod Deployment runs)")
+    # Arguments written here, not by the pilot module: importing it (gRPC, protobufs) would slow every app.
+    pilot_p.add_argument("--xds-port", type=int, default=15010, help="ADS gRPC port (default 15010, as istiod)")
+    pilot_p.add_argument("--debug-port", type=int, default=8080, help="HTTP /ready and /debug/* (default 8080)")
+    pilot_p.add_argument("--kubeconfig", default=None,
+                         help="cluster to watch (default: the pod's service account, else $KUBECONFIG)")
+    pilot_p.set_defaults(func=_pilot)
+    mesh = sub.add_parser("mesh", help="install, remove or inspect the mesh control plane (like istioctl)")
+    mesh.add_argument("action", choices=["install", "uninstall", "status", "proxy-status"])
+    mesh.add_argument("--kubeconfig", type=Path, default=None, help="cluster (default: the running embedded lab)")
+    mesh.add_argument("--timeout", type=float, default=60, help="seconds to wait for istiod (default 60)")
+    mesh.add_argument("--purge", action="store_true", help="uninstall: also delete the CRDs and every VS/DR")
+    mesh.set_defaults(func=_mesh)
+    proxy_p = sub.add_parser("proxy", help="run the sidecar proxy (istio-proxy): configured by Pilot over xDS")
+    from meshlab.mesh.proxy import main as proxy_main
+
+    proxy_main.add_arguments(proxy_p)
+    proxy_p.set_defaults(func=proxy_main.run)
     lab = sub.add_parser("lab", help="start the embedded lab (or use --kubeconfig) and JupyterLab on notebooks/")
     lab.add_argument("--kubeconfig", type=Path, default=None, help="use this cluster instead of the embedded lab")
     lab.add_argument("--port", type=int, default=None, help="JupyterLab's port (default: 8888 or a free one)")

@@ -20,16 +20,23 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from meshlab.errors import XdsError
-from meshlab.mesh.proxy.admin import RecordingSession
-from meshlab.mesh.proxy.server import ADMIN_PORT, Settings, Sidecar
-from meshlab.mesh.proxy.xds_client import AdsClient
-from meshlab.mesh.xds.node import ProxyIdentity
+
+if TYPE_CHECKING:
+    from meshlab.mesh.proxy.server import Settings
+    from meshlab.mesh.xds.node import ProxyIdentity
+
+# grpc and the Envoy protos are imported inside the functions: ``meshlab --help`` and ``meshlab app ...``
+# build this parser too and must stay fast.
+ADMIN_PORT = 15000
 
 
 def identity_from_env(env: Mapping[str, str], *, pod_ip: str | None = None) -> ProxyIdentity:
     """The node identity the injector's environment describes; an ``XdsError`` names what is missing."""
+    from meshlab.mesh.xds.node import ProxyIdentity
+
     ip = pod_ip or env.get("INSTANCE_IP") or env.get("POD_IP") or env.get("MESHLAB_POD_IP") or ""
     missing = [name for name, value in (("POD_NAME", env.get("POD_NAME")), ("POD_NAMESPACE", env.get("POD_NAMESPACE")),
                                         ("INSTANCE_IP (or --pod-ip)", ip)) if not value]
@@ -64,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: str) -> None:
     """Serve until ``/quitquitquit``, SIGTERM or cancellation."""
+    from meshlab.mesh.proxy.admin import RecordingSession
+    from meshlab.mesh.proxy.server import Sidecar
+    from meshlab.mesh.proxy.xds_client import AdsClient
+
     sidecar = Sidecar(settings)
     session = RecordingSession(identity.to_node())
     client = AdsClient(session, target=xds_address,
@@ -83,6 +94,8 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshlab.mesh.proxy.server import Settings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.xds_address:
         raise XdsError("give Pilot's address with --xds-address host:port (or $XDS_ADDRESS)")
