@@ -1,0 +1,208 @@
+"""``meshlab mesh install|uninstall|status|proxy-status``: the control plane's life cycle, as ``istioctl`` does it.
+
+Installing applies the same manifests a real cluster gets — the CRDs (``crds.yaml``), then the control plane
+(``pilot.yaml``: namespace ``istio-system``, service account, Deployment and Service ``istiod``), plus
+``pilot-rbac.yaml`` where the cluster serves RBAC — and waits for istiod to be Ready (its readiness probe
+passes once Pilot has listed the cluster). ``proxy-status`` reads istiod's ``/debug/syncz`` through the
+cluster (the lab's kube-proxy, or the API server's service proxy on a real cluster) and prints the table
+``istioctl proxy-status`` prints (https://istio.io/latest/docs/ops/diagnostic-tools/proxy-cmd/): per proxy,
+whether each xDS type is SYNCED (the proxy ACKed what Pilot holds), STALE (sent, not ACKed yet), NACKED
+(rejected: the proxy runs its last good version) or NOT SENT. The functions take a :class:`meshlab.lab.Lab`
+handle; the table building is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from meshlab.errors import LabError
+from meshlab.mesh import manifests
+
+if TYPE_CHECKING:  # the mesh is driven through a Lab handle but never imports the lab machinery itself
+    from meshlab.lab import Lab
+
+MANIFESTS = Path(manifests.__file__).parent
+CRDS = MANIFESTS / "crds.yaml"
+PILOT = MANIFESTS / "pilot.yaml"
+PILOT_RBAC = MANIFESTS / "pilot-rbac.yaml"
+NAMESPACE = "istio-system"
+ISTIOD = "istiod"
+DEBUG_PORT = 8080
+TYPES = ("CDS", "LDS", "EDS", "RDS")  # istioctl's column order
+
+
+def serves_rbac(lab: Lab) -> bool:
+    groups = client.ApisApi(lab.clients.api_client).get_api_versions().groups or []
+    return any(g.name == "rbac.authorization.k8s.io" for g in groups)
+
+
+def install(lab: Lab, *, timeout: float = 60) -> list[str]:
+    """Apply the CRDs and the control plane, wait until istiod is Ready; returns ``kind/name`` applied."""
+    applied = lab.apply(CRDS.read_text()) + lab.apply(PILOT.read_text())
+    if serves_rbac(lab):
+        applied += lab.apply(PILOT_RBAC.read_text())
+    lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)
+    return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
+
+
+def uninstall(lab: Lab, *, purge: bool = False, timeout: float = 60) -> list[str]:
+    """Remove the control plane (its namespace, and its RBAC where served) and wait until the namespace is
+    gone; with ``purge`` also the CRDs — which deletes every VirtualService and DestinationRule."""
+    deleted = lab.delete(PILOT.read_text())
+    if serves_rbac(lab):
+        deleted += lab.delete(PILOT_RBAC.read_text())
+    if purge:
+        deleted += lab.delete(CRDS.read_text())
+    deadline = time.monotonic() + timeout
+    while _namespace_exists(lab):
+        if time.monotonic() > deadline:
+            raise LabError(f"namespace {NAMESPACE} is still terminating after {timeout:.0f}s")
+        time.sleep(0.2)
+    return deleted
+
+
+def _namespace_exists(lab: Lab) -> bool:
+    try:
+        lab.clients.core.read_namespace(NAMESPACE)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise LabError(f"reading namespace {NAMESPACE} failed: {err.status} {err.reason}") from err
+    return True
+
+
+def fetch_debug(lab: Lab, path: str) -> str:
+    """GET ``path`` from istiod's debug port, through the cluster."""
+    if lab.embedded is not None:
+        return lab.get(ISTIOD, DEBUG_PORT, path, namespace=NAMESPACE)
+    try:
+        # The API server's service proxy: /api/v1/namespaces/istio-system/services/istiod:8080/proxy/<path>
+        response: Any = lab.clients.core.connect_get_namespaced_service_proxy_with_path(
+            f"{ISTIOD}:{DEBUG_PORT}", NAMESPACE, path.lstrip("/"), _preload_content=False)
+        return str(response.data.decode("utf-8", errors="replace"))
+    except ApiException as err:
+        raise LabError(f"GET istiod{path} through the API server failed: {err.status} {err.reason}") from err
+
+
+# -- proxy-status ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyRow:
+    name: str  # pod.namespace, as istioctl shows it
+    status: dict[str, str]  # "CDS" -> "SYNCED", ...
+    istiod: str
+    version: str  # the configuration version Pilot holds for this proxy
+
+
+def proxy_rows(syncz: list[dict[str, Any]]) -> list[ProxyRow]:
+    """Rows from istiod's ``/debug/syncz`` JSON (see :func:`meshlab.mesh.pilot.main.syncz`)."""
+    rows = []
+    for entry in syncz:
+        proxy_id = str(entry["proxy"])
+        parts = proxy_id.split("~")
+        types = entry.get("types") or {}
+        latest = "".join(str(types.get(t, {}).get("latest", "")) for t in TYPES)
+        rows.append(ProxyRow(
+            name=parts[2] if len(parts) == 4 else proxy_id,
+            status={t: _cell(types.get(t) or {}) for t in TYPES},
+            istiod=str(entry.get("istiod") or ""),
+            version=_short_version(latest)))
+    return sorted(rows, key=lambda r: r.name)
+
+
+def _cell(t: dict[str, Any]) -> str:
+    return str(t.get("status") or "NOT SENT")
+
+
+def _short_version(text: str) -> str:
+    """A fingerprint of the four per-type versions: proxies showing the same one hold the same config."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8] if text else ""
+
+
+def format_table(rows: list[ProxyRow]) -> str:
+    """``istioctl proxy-status``'s table: NAME, CDS, LDS, EDS, RDS, ISTIOD, VERSION."""
+    header = ["NAME", *TYPES, "ISTIOD", "VERSION"]
+    lines = [header] + [[r.name, *(r.status[t] for t in TYPES), r.istiod, r.version] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def proxy_status(lab: Lab) -> list[ProxyRow]:
+    text = fetch_debug(lab, "/debug/syncz")
+    try:
+        return proxy_rows(json.loads(text))
+    except (ValueError, KeyError, TypeError) as err:
+        raise LabError(f"istiod's /debug/syncz is not what meshlab's Pilot serves: {text[:200]!r}") from err
+
+
+# -- status -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlPlaneStatus:
+    crds: dict[str, bool]  # CRD name -> installed
+    deployment: str  # "1/1 ready", "not installed"
+    pods: list[tuple[str, str, bool]]  # (name, pod IP, ready)
+    proxies: int | None  # connected proxies, None when istiod cannot be asked
+
+    @property
+    def healthy(self) -> bool:
+        return all(self.crds.values()) and any(ready for _, _, ready in self.pods)
+
+
+CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
+
+
+def status(lab: Lab) -> ControlPlaneStatus:
+    ext = lab.clients.apiextensions
+    crds = {}
+    for name in CRD_NAMES:
+        try:
+            ext.read_custom_resource_definition(name)
+            crds[name] = True
+        except ApiException as err:
+            if err.status != 404:
+                raise LabError(f"reading CRD {name} failed: {err.status} {err.reason}") from err
+            crds[name] = False
+    plain = lab.clients.api_client.sanitize_for_serialization
+    try:
+        dep = plain(lab.clients.apps.read_namespaced_deployment(ISTIOD, NAMESPACE))
+        deployment = f"{dep.get('status', {}).get('readyReplicas') or 0}/{dep['spec'].get('replicas', 1)} ready"
+    except ApiException as err:
+        if err.status != 404:
+            raise LabError(f"reading deployment {ISTIOD} failed: {err.status} {err.reason}") from err
+        deployment = "not installed"
+    pods = []
+    if deployment != "not installed":
+        listed = plain(lab.clients.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={ISTIOD}"))
+        for pod in listed.get("items") or []:
+            pod_status = pod.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in pod_status.get("conditions") or [])
+            pods.append((str(pod["metadata"]["name"]), str(pod_status.get("podIP") or ""), ready))
+    proxies = None
+    if any(ready for _, _, ready in pods):
+        try:
+            proxies = len(json.loads(fetch_debug(lab, "/debug/syncz")))
+        except (LabError, ValueError):
+            proxies = None
+    return ControlPlaneStatus(crds, deployment, pods, proxies)
+
+
+def format_status(s: ControlPlaneStatus) -> str:
+    lines = [f"CRD {name}: {'installed' if ok else 'missing'}" for name, ok in s.crds.items()]
+    lines.append(f"deployment {NAMESPACE}/{ISTIOD}: {s.deployment}")
+    lines += [f"  pod {name} {ip or '(no IP)'} {'Ready' if ready else 'not ready'}" for name, ip, ready in s.pods]
+    if s.proxies is not None:
+        lines.append(f"connected proxies: {s.proxies}")
+    return "\n".join(lines)
