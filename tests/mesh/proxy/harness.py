@@ -49,7 +49,8 @@ class Backend:
             await asyncio.sleep(self.delay)
         if self.fail_rate and self.rng.random() < self.fail_rate:
             return web.Response(status=503, text="injected failure")
-        body = {"name": self.name, "path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}}
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = {"name": self.name, "path": request.path_qs, "headers": headers}
         return web.Response(text=json.dumps(body), content_type="application/json", headers={"server": "aiohttp"})
 
     async def start(self) -> None:
