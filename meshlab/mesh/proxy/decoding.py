@@ -260,10 +260,20 @@ def decode_route_configuration(table: route_pb2.RouteConfiguration) -> tuple[str
 
 
 def decode_listener(listener: listener_pb2.Listener) -> tuple[str, c.Listener]:
+    """A listener; every filter chain is checked. The model keeps the first chain's routing: the outbound
+    listener has one, and the inbound listener's per-port chains (matched on destination port) are served
+    by the shell from the raw resource (see ``admin.inbound_ports``)."""
     where = f'Listener "{listener.name}"'
-    if len(listener.filter_chains) != 1:
-        raise ResourceError(f"{where}: exactly one filter chain is supported, got {len(listener.filter_chains)}")
-    filters = listener.filter_chains[0].filters
+    if not listener.filter_chains:
+        raise ResourceError(f"{where}: no filter chain")
+    chains = [_decode_chain(f"{where} filter chain {i}", chain) for i, chain in enumerate(listener.filter_chains)]
+    socket = listener.address.socket_address
+    rds_name, inline, fault = chains[0]
+    return listener.name, c.Listener(listener.name, socket.address, socket.port_value, rds_name, inline, fault)
+
+
+def _decode_chain(where: str, chain: Any) -> tuple[str, c.RouteTable | None, bool]:
+    filters = chain.filters
     if len(filters) != 1 or filters[0].name != HCM_FILTER:
         found = ", ".join(f.name for f in filters) or "(none)"
         raise ResourceError(f"{where}: unsupported network filter(s) {found}; only {HCM_FILTER} is supported")
@@ -278,17 +288,12 @@ def decode_listener(listener: listener_pb2.Listener) -> tuple[str, c.Listener]:
             raise ResourceError(f'{where}: HTTP filter "{f.name}" has config of type {f.typed_config.type_url}')
     if not names or names[-1] != ROUTER_FILTER or names.count(ROUTER_FILTER) != 1:
         raise ResourceError(f"{where}: the HTTP filter chain must end with {ROUTER_FILTER} (and hold it once)")
-    socket = listener.address.socket_address
     route_source = hcm.WhichOneof("route_specifier")
     if route_source == "rds":
-        rds_name, inline = hcm.rds.route_config_name, None
-    elif route_source == "route_config":
-        rds_name, inline = "", _route_table(hcm.route_config)
-    else:
-        raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
-    return listener.name, c.Listener(
-        listener.name, socket.address, socket.port_value, rds_name, inline, FAULT_FILTER in names
-    )
+        return hcm.rds.route_config_name, None, FAULT_FILTER in names
+    if route_source == "route_config":
+        return "", _route_table(hcm.route_config), FAULT_FILTER in names
+    raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
 
 
 def _endpoint(lb: endpoint_pb2.LbEndpoint, where: str) -> c.Endpoint:
