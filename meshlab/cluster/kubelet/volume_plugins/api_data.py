@@ -15,6 +15,7 @@ it once 80% of its life has passed or it is older than 24 h, as the kubelet's to
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import json
@@ -223,13 +224,14 @@ def token_bytes(ctx: VolumeContext, volume: dict[str, Any], source: dict[str, An
 # -- the plugins -----------------------------------------------------------------------------------------------
 
 
-class _ApiDataPlugin:
+class _ApiDataPlugin(abc.ABC):
     name = ""
     kind = ""
     refreshable = True
 
+    @abc.abstractmethod
     def payload(self, ctx: VolumeContext, volume: dict[str, Any], target: Path) -> Payload:
-        raise NotImplementedError
+        """The files this volume holds now (each subclass reads its API objects)."""
 
     async def setup(self, ctx: VolumeContext, volume: dict[str, Any]) -> Path:
         target = ctx.volume_dir(self.kind, str(volume["name"]))
