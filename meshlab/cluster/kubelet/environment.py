@@ -12,6 +12,12 @@ makes the container wait with ``CreateContainerConfigError`` and Kubernetes' own
 The lab's differences are small and deliberate: the ``KUBERNETES_SERVICE_*`` variables point at the lab
 apiserver itself (so the client's in-cluster configuration reaches it), and the node's kube-proxy is
 offered through ``HTTP_PROXY`` — the lab's stand-in for the iptables rules that make ClusterIPs work.
+The kubelet also passes *pod variables* (``MESHLAB_POD_IP``, the pod's address, and
+``MESHLAB_POD_LOCALHOST``, its private stand-in for ``127.0.0.1``; see ``podnet.py``), which count as
+defined just before the container's own list: ``$(MESHLAB_POD_LOCALHOST)`` expands in ``env`` values,
+``command`` and ``args``, and an ``envFrom`` or ``env`` entry of the same name overrides them (later
+references then see the override). The image's variables (``PATH``, ``HOME``...) stay out of expansion, as
+they do in Kubernetes.
 No I/O here: the shell passes lookups for ConfigMaps, Secrets and Services.
 """
 
@@ -212,15 +218,16 @@ def _fetch(kind: str, sources: Sources, name: str, optional: bool) -> dict[str, 
 
 def container_environment(
     pod: Obj, container: Obj, *, sources: Sources, pod_ip: str, host_ip: str, apiserver: tuple[str, int],
-    allocatable: Mapping[str, str] | None = None,
+    allocatable: Mapping[str, str] | None = None, pod_variables: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The Kubernetes-defined variables of one container (no image/runtime variables)."""
+    """The Kubernetes-defined variables of one container (no image/runtime variables), with the lab's
+    ``pod_variables`` defined first (see the module docstring)."""
     spec = pod.get("spec") or {}
     namespace = (pod.get("metadata") or {}).get("namespace", "default")
     service_env = service_environment(sources.services, namespace,
                                       enable_links=spec.get("enableServiceLinks", True) is not False,
                                       apiserver=apiserver)
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(pod_variables or {})
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix") or ""
         for kind, ref in (("ConfigMap", source.get("configMapRef")), ("Secret", source.get("secretRef"))):

@@ -7,7 +7,11 @@ holding an ``flock`` on ``<tmp>/meshlab-podnet/127.N.lock`` — the kernel relea
 even by SIGKILL — preferring the network it had last time, so a restarted lab gives its pods their old
 addresses back. Within the network, addresses avoid ``.0`` and ``.255`` (as a /24 would), are handed out
 round-robin after the last one given (a freed address is not reused soon, as host-local does), are never
-given twice while held, and are kept in a JSON file.
+given twice while held, and are kept in a JSON file. Besides its pod IP (the one ``status.podIP`` reports),
+a pod may take a second, private address from the same pool — its *pod-localhost*: on a real cluster the
+containers of a pod share a loopback interface of their own (``127.0.0.1`` is the pod's), while here every
+pod shares the node's, so the kubelet hands each pod an address that only its own containers are told
+about. It is allocated, released, kept and renumbered together with the pod IP, and never reported.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class PodAddresses:
     def __init__(self, path: Path, first: str | None = None, last: str | None = None) -> None:
         self.path = path
         self._by_uid: dict[str, str] = {}
+        self._localhost_by_uid: dict[str, str] = {}  # each pod's private "loopback" (never reported)
         self._claim: NetworkClaim | None = None
         self._network: int | None = None
         self._cursor = 0
@@ -88,6 +93,8 @@ class PodAddresses:
         try:
             data = json.loads(path.read_text())
             self._by_uid = {str(k): str(v) for k, v in (data.get("pods") or {}).items()}
+            # absent in files written before pod-localhosts existed: those pods simply get one on next start
+            self._localhost_by_uid = {str(k): str(v) for k, v in (data.get("localhost") or {}).items()}
             self._network = int(data["network"]) if data.get("network") is not None else None
             self._cursor = int(ipaddress.IPv4Address(data["last"])) if data.get("last") else 0
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
@@ -107,6 +114,7 @@ class PodAddresses:
         self._claim = NetworkClaim.take(self._network, directory)
         if self._claim.octet != self._network:
             self._by_uid.clear()  # another lab holds our old network now: everything is renumbered
+            self._localhost_by_uid.clear()
             self._network = self._claim.octet
         self._set_range(self._claim.first, self._claim.last)
         self._save()
@@ -125,20 +133,30 @@ class PodAddresses:
     def get(self, uid: str) -> str | None:
         return self._by_uid.get(uid)
 
+    def localhost(self, uid: str) -> str | None:
+        return self._localhost_by_uid.get(uid)
+
     def allocate(self, uid: str) -> str:
         """The pod's address (the same one on every call until it is released)."""
-        if uid in self._by_uid:
-            return self._by_uid[uid]
+        return self._allocate(self._by_uid, uid)
+
+    def allocate_localhost(self, uid: str) -> str:
+        """The pod's private loopback stand-in, from the same pool (the same one until the pod is released)."""
+        return self._allocate(self._localhost_by_uid, uid)
+
+    def _allocate(self, table: dict[str, str], uid: str) -> str:
+        if uid in table:
+            return table[uid]
         if not self._first:
             raise LabError("the kubelet has not claimed a pod network yet")
-        used = set(self._by_uid.values())
+        used = {*self._by_uid.values(), *self._localhost_by_uid.values()}
         size = self._last - self._first + 1
         for step in range(1, size + 1):
             candidate = self._first + (self._cursor - self._first + step) % size
             address = str(ipaddress.IPv4Address(candidate))
             if candidate & 0xFF in (0, 255) or address in used:
                 continue
-            self._by_uid[uid] = address
+            table[uid] = address
             self._cursor = candidate
             self._save_soon()
             return address
@@ -146,7 +164,9 @@ class PodAddresses:
                        f"{ipaddress.IPv4Address(self._last)}")
 
     def release(self, uid: str) -> None:
-        if self._by_uid.pop(uid, None) is not None:
+        """Free both of the pod's addresses."""
+        had_ip = self._by_uid.pop(uid, None) is not None
+        if self._localhost_by_uid.pop(uid, None) is not None or had_ip:
             self._save_soon()
 
     def _save_soon(self) -> None:
@@ -162,9 +182,10 @@ class PodAddresses:
 
     def retain_only(self, uids: set[str]) -> None:
         """Free the addresses of pods that no longer exist."""
-        gone = set(self._by_uid) - uids
+        gone = {*self._by_uid, *self._localhost_by_uid} - uids
         for uid in gone:
-            del self._by_uid[uid]
+            self._by_uid.pop(uid, None)
+            self._localhost_by_uid.pop(uid, None)
         if gone:
             self._save()
 
@@ -173,5 +194,6 @@ class PodAddresses:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         last = str(ipaddress.IPv4Address(self._cursor)) if self._cursor >= self._first > 0 else None
-        tmp.write_text(json.dumps({"network": self._network, "last": last, "pods": self._by_uid}))
+        tmp.write_text(json.dumps({"network": self._network, "last": last, "pods": self._by_uid,
+                                  "localhost": self._localhost_by_uid}))
         os.replace(tmp, self.path)

@@ -1,8 +1,10 @@
 """A pod's sandbox: its address, its directory, its volumes, and how each of its containers is launched.
 
 What a container runtime's "pod sandbox" provides, done with plain processes: every container of the pod
-shares the pod's loopback address (``status.podIP``) and directory (``<state>/pods/<uid>``, the working
-directory and ``HOME`` unless ``workingDir`` names an existing directory); volumes are set up once per pod
+shares the pod's loopback address (``status.podIP``), a second, unreported one standing in for the pod's
+private ``127.0.0.1`` (``MESHLAB_POD_LOCALHOST``; a ``hostNetwork`` pod has the node's), and directory
+(``<state>/pods/<uid>``, the working directory and ``HOME`` unless ``workingDir`` names an existing
+directory); volumes are set up once per pod
 by the volume manager and mounted at their ``mountPath`` by :mod:`~meshlab.cluster.kubelet.launch` where
 the OS allows it. A container's command runs in meshlab's own Python environment (``PATH`` starts at its
 ``bin``), with the environment Kubernetes defines (:mod:`~meshlab.cluster.kubelet.environment`) over the
@@ -98,6 +100,7 @@ class Sandbox:
         self.uid = str(pod["metadata"]["uid"])
         self.directory = ctx.pod_dir(self.uid)
         self.pod_ip = ""
+        self.pod_localhost = ""
         self.ready = False
         self.volume_paths: dict[str, Path] = {}
         self.mode: Any = None
@@ -116,7 +119,11 @@ class Sandbox:
             if self.volume_paths and self.ctx.isolation is not None:
                 self.mode, self.isolation_note = await self.ctx.isolation()
         # the sandbox (and with it the pod's address) comes after the volumes, as with a real runtime
-        self.pod_ip = self.ctx.host_ip if spec.get("hostNetwork") else self.ctx.addresses.allocate(self.uid)
+        if spec.get("hostNetwork"):
+            self.pod_ip, self.pod_localhost = self.ctx.host_ip, "127.0.0.1"  # the node's loopback is theirs
+        else:
+            self.pod_ip = self.ctx.addresses.allocate(self.uid)
+            self.pod_localhost = self.ctx.addresses.allocate_localhost(self.uid)
         self.ready = True
 
     async def refresh(self, pod: Obj) -> None:
@@ -126,14 +133,20 @@ class Sandbox:
     def isolation_weak(self) -> bool:
         return bool(self.volume_paths) and getattr(self.mode, "name", "") == "NONE"
 
+    def pod_variables(self) -> dict[str, str]:
+        """The lab's stand-in for a pod network namespace: meshlab's programs listen on the pod IP and talk
+        to their pod's other containers on the pod-localhost (``meshlab/podnet.py``)."""
+        return {"MESHLAB_POD_IP": str(self.pod_ip), "MESHLAB_POD_LOCALHOST": str(self.pod_localhost)}
+
     def base_environment(self, pod: Obj) -> dict[str, str]:
         spec = pod.get("spec") or {}
         env = {"PATH": f"{environment_bin()}:{_SYSTEM_PATH}", "HOME": str(self.directory),
                "HOSTNAME": str(spec.get("hostname") or pod["metadata"]["name"]), "LANG": "C.UTF-8",
-               # the lab's stand-in for a pod network namespace: meshlab's programs listen here (podnet.py)
-               "MESHLAB_POD_IP": str(self.pod_ip)}
+               **self.pod_variables()}
         if self.ctx.proxy_url:
-            bypass = ",".join(dict.fromkeys([self.pod_ip, "127.0.0.1", "localhost", self.ctx.apiserver[0]]))
+            # the pod-localhost is reached directly, as a real pod's 127.0.0.1 would be
+            bypass = ",".join(dict.fromkeys([self.pod_ip, "127.0.0.1", "localhost", self.pod_localhost,
+                                             self.ctx.apiserver[0]]))
             meta = pod.get("metadata") or {}
             proxy = pod_proxy_url(self.ctx.proxy_url, str(meta.get("namespace") or "default"), str(meta.get("name")))
             env.update({"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": bypass, "no_proxy": bypass})
@@ -162,9 +175,10 @@ class Sandbox:
         )
         defined = environment.container_environment(
             pod, container, sources=sources, pod_ip=self.pod_ip, host_ip=self.ctx.host_ip,
-            apiserver=self.ctx.apiserver, allocatable=self.ctx.allocatable)
+            apiserver=self.ctx.apiserver, allocatable=self.ctx.allocatable, pod_variables=self.pod_variables())
         env = {**self.base_environment(pod), **defined}
-        argv = environment.expand_command(images.command_line(container, image), env)
+        # as in Kubernetes, command and args see the defined variables only, not the image's (PATH, HOME...)
+        argv = environment.expand_command(images.command_line(container, image), defined)
         workdir = container.get("workingDir") or ""
         mounts: list[Any] = []
         if self.volume_paths and self.ctx.volumes is not None:

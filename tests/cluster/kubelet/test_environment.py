@@ -126,3 +126,41 @@ def test_optional_sources_that_are_absent_define_nothing(var: Obj) -> None:
 def test_command_expansion_uses_the_final_environment() -> None:
     assert environment.expand_command(["serve", "--bind", "$(POD_IP)", "$$(POD_IP)"], {"POD_IP": "127.10.0.4"}) == [
         "serve", "--bind", "127.10.0.4", "$(POD_IP)"]
+
+
+# -- the lab's pod variables: defined before the container's own list ------------------------------------------
+
+POD_VARIABLES = {"MESHLAB_POD_IP": "127.10.0.4", "MESHLAB_POD_LOCALHOST": "127.10.0.5"}
+
+
+def lab_env_of(p: Obj) -> dict[str, str]:
+    return environment.container_environment(p, p["spec"]["containers"][0], sources=SOURCES, pod_ip="127.10.0.4",
+                                             host_ip="127.0.0.1", apiserver=("127.0.0.1", 6443),
+                                             pod_variables=POD_VARIABLES)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ([{"name": "UPSTREAM", "value": "http://$(MESHLAB_POD_LOCALHOST):8080"}],
+     {"UPSTREAM": "http://127.10.0.5:8080", "MESHLAB_POD_LOCALHOST": "127.10.0.5"}),
+    ([{"name": "BIND", "value": "$(MESHLAB_POD_IP):80"}], {"BIND": "127.10.0.4:80", "MESHLAB_POD_IP": "127.10.0.4"}),
+    ([{"name": "MESHLAB_POD_IP", "value": "0.0.0.0"}, {"name": "BIND", "value": "$(MESHLAB_POD_IP):80"}],
+     {"MESHLAB_POD_IP": "0.0.0.0", "BIND": "0.0.0.0:80"}),
+    ([{"name": "BIND", "value": "$(MESHLAB_POD_IP):80"}, {"name": "MESHLAB_POD_IP", "value": "0.0.0.0"}],
+     {"MESHLAB_POD_IP": "0.0.0.0", "BIND": "127.10.0.4:80"}),
+    ([{"name": "MESHLAB_POD_LOCALHOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+     {"MESHLAB_POD_LOCALHOST": "127.10.0.4"}),
+    ([{"name": "ESCAPED", "value": "$$(MESHLAB_POD_LOCALHOST)"}], {"ESCAPED": "$(MESHLAB_POD_LOCALHOST)"}),
+], ids=["localhost-expands", "pod-ip-expands", "override-then-reference", "reference-then-override",
+        "override-from-downward-api", "escaped"])
+def test_pod_variables_come_before_the_containers_list(env: list[Obj], expected: dict[str, str]) -> None:
+    got = lab_env_of(pod(env))
+    assert {k: got[k] for k in expected} == expected
+
+
+def test_env_from_may_override_a_pod_variable() -> None:
+    p = pod(env_from=[{"configMapRef": {"name": "ip"}, "prefix": "MESHLAB_POD_"}])
+    sources = Sources(configmap={"ip": {"data": {"IP": "10.1.2.3"}}}.get, secret=SECRETS.get)
+    env = environment.container_environment(p, p["spec"]["containers"][0], sources=sources, pod_ip="127.10.0.4",
+                                            host_ip="127.0.0.1", apiserver=("127.0.0.1", 6443),
+                                            pod_variables=POD_VARIABLES)
+    assert (env["MESHLAB_POD_IP"], env["MESHLAB_POD_LOCALHOST"]) == ("10.1.2.3", "127.10.0.5")

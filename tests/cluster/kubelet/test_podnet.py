@@ -65,3 +65,48 @@ def test_when_the_old_network_is_taken_addresses_are_renumbered(tmp_path: Path) 
     again = PodAddresses(tmp_path / "a.json")
     assert again.claim(locks) != octet and again.get("a") is None
     thief.release()
+
+
+# -- the pod-localhost: a second, private address per pod from the same pool ------------------------------------
+
+
+def test_a_pod_localhost_is_the_pods_own_and_never_anyone_elses_address(tmp_path: Path) -> None:
+    ips = PodAddresses(tmp_path / "a.json", "127.10.0.1", "127.10.255.254")
+    a_ip, a_local = ips.allocate("a"), ips.allocate_localhost("a")
+    b_ip, b_local = ips.allocate("b"), ips.allocate_localhost("b")
+    assert len({a_ip, a_local, b_ip, b_local}) == 4
+    assert (ips.allocate_localhost("a"), ips.localhost("a"), ips.get("a")) == (a_local, a_local, a_ip)
+
+
+def test_a_pod_localhost_counts_against_the_pool(tmp_path: Path) -> None:
+    ips = PodAddresses(tmp_path / "a.json", "127.10.0.1", "127.10.0.2")
+    ips.allocate("a")
+    ips.allocate_localhost("a")
+    with pytest.raises(LabError):
+        ips.allocate("b")
+
+
+@pytest.mark.parametrize("forget", ["release", "retain_only"])
+def test_a_pod_localhost_is_freed_with_the_pod(tmp_path: Path, forget: str) -> None:
+    ips = PodAddresses(tmp_path / "a.json", "127.10.0.1", "127.10.0.2")
+    ips.allocate("a")
+    local = ips.allocate_localhost("a")
+    if forget == "release":
+        ips.release("a")
+    else:
+        ips.retain_only(set())
+    assert ips.localhost("a") is None and ips.get("a") is None
+    assert local in {ips.allocate("b"), ips.allocate_localhost("b")}  # a pool of two: both are free again
+    assert PodAddresses(tmp_path / "a.json").localhost("a") is None  # and the file agrees
+
+
+def test_a_restarted_lab_gives_a_pod_its_localhost_back(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    ips = PodAddresses(tmp_path / "a.json")
+    ips.claim(locks)
+    address, local = ips.allocate("a"), ips.allocate_localhost("a")
+    ips.release_network()
+    again = PodAddresses(tmp_path / "a.json")
+    again.claim(locks)
+    assert (again.allocate("a"), again.allocate_localhost("a")) == (address, local)
+    assert local not in {again.allocate("b"), again.allocate_localhost("b")}
