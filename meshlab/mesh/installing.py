@@ -3,7 +3,10 @@
 Installing applies the same manifests a real cluster gets — the CRDs (``crds.yaml``), then the control plane
 (``pilot.yaml``: namespace ``istio-system``, service account, Deployment and Service ``istiod``), plus
 ``pilot-rbac.yaml`` where the cluster serves RBAC — and waits for istiod to be Ready (its readiness probe
-passes once Pilot has listed the cluster). ``proxy-status`` reads istiod's ``/debug/syncz`` through the
+passes once Pilot has listed the cluster and set its injector webhook's ``caBundle``). It also writes the mesh
+config ConfigMap ``istio-system/meshlab-mesh`` whose ``mode`` tells the injector how to intercept traffic:
+``address`` in the embedded lab (detected by its nodes' ``containerRuntimeVersion`` ``meshlab-process://...``),
+``iptables`` elsewhere (see :mod:`meshlab.mesh.injection`). ``proxy-status`` reads istiod's ``/debug/syncz`` through the
 cluster (the lab's kube-proxy, or the API server's service proxy on a real cluster) and prints the table
 ``istioctl proxy-status`` prints (https://istio.io/latest/docs/ops/diagnostic-tools/proxy-cmd/): per proxy,
 whether each xDS type is SYNCED (the proxy ACKed what Pilot holds), STALE (sent, not ACKed yet), NACKED
@@ -20,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from meshlab.errors import LabError
 from meshlab.mesh import manifests
+from meshlab.mesh.injection import MESH_CONFIGMAP, InjectionConfig, Mode, config_from_mesh, mesh_configmap
 
 if TYPE_CHECKING:  # the mesh is driven through a Lab handle but never imports the lab machinery itself
     from meshlab.lab import Lab
@@ -44,9 +49,40 @@ def serves_rbac(lab: Lab) -> bool:
     return any(g.name == "rbac.authorization.k8s.io" for g in groups)
 
 
-def install(lab: Lab, *, timeout: float = 60) -> list[str]:
-    """Apply the CRDs and the control plane, wait until istiod is Ready; returns ``kind/name`` applied."""
-    applied = lab.apply(CRDS.read_text()) + lab.apply(PILOT.read_text())
+LAB_RUNTIME = "meshlab-process://"  # the embedded lab kubelet's containerRuntimeVersion prefix
+
+
+def detect_mode(nodes: list[dict[str, Any]]) -> Mode:
+    """``address`` when the nodes are the embedded lab's (processes, no iptables), else ``iptables``."""
+    runtimes = [str(((n.get("status") or {}).get("nodeInfo") or {}).get("containerRuntimeVersion") or "")
+                for n in nodes]
+    return "address" if runtimes and all(r.startswith(LAB_RUNTIME) for r in runtimes) else "iptables"
+
+
+def cluster_mode(lab: Lab) -> Mode:
+    plain = lab.clients.api_client.sanitize_for_serialization
+    return detect_mode(list(plain(lab.clients.core.list_node()).get("items") or []))
+
+
+def mesh_config(lab: Lab) -> InjectionConfig | None:
+    """The installed mesh config, or None when the mesh is not installed."""
+    try:
+        data = lab.clients.core.read_namespaced_config_map(MESH_CONFIGMAP, NAMESPACE).data
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise LabError(f"reading configmap {NAMESPACE}/{MESH_CONFIGMAP} failed: {err.status} {err.reason}") from err
+    return config_from_mesh(data)
+
+
+def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None) -> list[str]:
+    """Apply the CRDs, the mesh config (``mode``: detected from the nodes when None) and the control plane,
+    wait until istiod is Ready; returns ``kind/name`` applied."""
+    pilot = [doc for doc in yaml.safe_load_all(PILOT.read_text()) if doc]
+    config = mesh_configmap(InjectionConfig(mode=mode or cluster_mode(lab)))
+    # Right after the Namespace, so the injector reads it before it serves its first pod.
+    at = next((i + 1 for i, doc in enumerate(pilot) if doc.get("kind") == "Namespace"), 0)
+    applied = lab.apply(CRDS.read_text()) + lab.apply([*pilot[:at], config, *pilot[at:]])
     if serves_rbac(lab):
         applied += lab.apply(PILOT_RBAC.read_text())
     lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)

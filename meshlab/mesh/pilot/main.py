@@ -5,7 +5,9 @@ Like istiod it serves ADS in plaintext gRPC on 15010 and an HTTP debug interface
 200 once every watched kind has been listed and the first state published (the Deployment's readiness probe,
 so a proxy is never handed an empty mesh); ``/debug/syncz`` is the per-proxy sync status ``istioctl
 proxy-status`` reads; ``/debug/config_dump?proxyID=<node id | pod.namespace>`` is what Pilot holds for one
-proxy. Both listen on :func:`meshlab.podnet.listen_address` (the pod's address). The cluster is reached with
+proxy. The sidecar injector webhook is served over HTTPS on 15017 (:mod:`meshlab.mesh.pilot.injector`); ``/ready``
+also waits until the webhook configuration trusts its certificate, so no pod is created while injection would
+fail. All listen on :func:`meshlab.podnet.listen_address` (the pod's address). The cluster is reached with
 the in-cluster service account (or ``--kubeconfig``) through :mod:`meshlab.kube`.
 """
 
@@ -24,6 +26,7 @@ from aiohttp import web
 from meshlab import kube
 from meshlab.errors import XdsError
 from meshlab.mesh.pilot.ads import AdsServer, serve
+from meshlab.mesh.pilot.injector import WEBHOOK_PORT, Injector, make_credentials, service_names
 from meshlab.mesh.pilot.sync import ProxyStatus
 from meshlab.mesh.pilot.watching import Watcher
 from meshlab.podnet import listen_address
@@ -54,11 +57,14 @@ def find_proxy(ads: AdsServer, wanted: str) -> str:
     raise XdsError(f"no proxy {wanted!r} is connected (connected: {', '.join(ids) or 'none'})")
 
 
-def debug_app(ads: AdsServer, watcher: Watcher, *, istiod: str) -> web.Application:
+def debug_app(ads: AdsServer, watcher: Watcher, *, istiod: str, injector: Injector | None = None
+              ) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
-        if watcher.ready:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="not ready: the cluster has not been listed yet\n")
+        if not watcher.ready:
+            return web.Response(status=503, text="not ready: the cluster has not been listed yet\n")
+        if injector is not None and not injector.ca_bundle_set:
+            return web.Response(status=503, text="not ready: the injector webhook's caBundle is not set yet\n")
+        return web.Response(text="ok\n")
 
     async def sync_status(_: web.Request) -> web.Response:
         return web.json_response(syncz(ads.proxy_status(), istiod=istiod))
@@ -80,14 +86,18 @@ def debug_app(ads: AdsServer, watcher: Watcher, *, istiod: str) -> web.Applicati
 
 
 async def run_pilot(*, host: str, xds_port: int = XDS_PORT, debug_port: int = DEBUG_PORT,
-                    kubeconfig: str | None = None) -> None:
+                    webhook_port: int = WEBHOOK_PORT, kubeconfig: str | None = None) -> None:
     """Serve until cancelled."""
     clients = kube.clients(kubeconfig)
     ads = AdsServer()
     watcher = Watcher(clients.api_client, ads.set_state)
+    injector = Injector(clients.api_client, make_credentials(
+        service_names(), [host] if host not in ("0.0.0.0", "::") else []))
     grpc_server, bound = await serve(ads, host=host, port=xds_port)
-    runner = web.AppRunner(debug_app(ads, watcher, istiod=os.environ.get("HOSTNAME") or socket.gethostname()),
-                           access_log=None)
+    webhook = await injector.serve(host, webhook_port)
+    reconciling = asyncio.create_task(injector.reconcile())
+    runner = web.AppRunner(debug_app(ads, watcher, istiod=os.environ.get("HOSTNAME") or socket.gethostname(),
+                                     injector=injector), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, debug_port).start()
     log.info("pilot: ADS on %s:%d, debug on http://%s:%d", host, bound, host, debug_port)
@@ -95,6 +105,8 @@ async def run_pilot(*, host: str, xds_port: int = XDS_PORT, debug_port: int = DE
         await watcher.run()
     finally:
         watcher.stop()
+        reconciling.cancel()
+        await webhook.cleanup()
         await runner.cleanup()
         await grpc_server.stop(grace=1)
         clients.close()
@@ -104,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_pilot(host=listen_address(), xds_port=args.xds_port, debug_port=args.debug_port,
-                              kubeconfig=args.kubeconfig))
+                              webhook_port=args.webhook_port, kubeconfig=args.kubeconfig))
     return 0
