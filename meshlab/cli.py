@@ -77,6 +77,40 @@ def _mesh(args: argparse.Namespace) -> int:
         lab.close()
 
 
+def _inject(args: argparse.Namespace) -> int:
+    """``istioctl kube-inject``: the manifest with sidecars, as YAML on stdout."""
+    import yaml
+
+    from meshlab.mesh.injection import config_from_mesh, inject_manifest
+
+    text = sys.stdin.read() if str(args.filename) == "-" else Path(args.filename).read_text()
+    mode = args.mode or _cluster_mode(args.kubeconfig)
+    docs = inject_manifest(yaml.safe_load_all(text), config=config_from_mesh({"mode": mode}))
+    yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+    return 0
+
+
+def _cluster_mode(kubeconfig: Path | None) -> str:
+    """The installed mesh's interception mode, else the one the cluster's nodes call for; ``address`` (the
+    embedded lab's) when no cluster can be reached."""
+    import meshlab.lab
+    from meshlab.mesh import installing
+
+    try:
+        lab = meshlab.lab.connect(kubeconfig)
+    except MeshlabError:
+        return "address"
+    try:
+        config = installing.mesh_config(lab)
+        return config.mode if config is not None else installing.cluster_mode(lab)
+    except Exception as err:  # unreachable, refused: inject offline, as istioctl does with --injectConfigFile
+        print(f"meshlab inject: cluster not reachable ({err.__class__.__name__}); using --mode address",
+              file=sys.stderr)
+        return "address"
+    finally:
+        lab.close()
+
+
 def _lab(args: argparse.Namespace) -> int:
     from meshlab import jupyter
 
@@ -113,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Arguments written here, not by the pilot module: importing it (gRPC, protobufs) would slow every app.
     pilot_p.add_argument("--xds-port", type=int, default=15010, help="ADS gRPC port (default 15010, as istiod)")
     pilot_p.add_argument("--debug-port", type=int, default=8080, help="HTTP /ready and /debug/* (default 8080)")
+    pilot_p.add_argument("--webhook-port", type=int, default=15017,
+                         help="HTTPS sidecar injector webhook (default 15017, as istiod)")
     pilot_p.add_argument("--kubeconfig", default=None,
                          help="cluster to watch (default: the pod's service account, else $KUBECONFIG)")
     pilot_p.set_defaults(func=_pilot)
@@ -122,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--timeout", type=float, default=60, help="seconds to wait for istiod (default 60)")
     mesh.add_argument("--purge", action="store_true", help="uninstall: also delete the CRDs and every VS/DR")
     mesh.set_defaults(func=_mesh)
+    inject = sub.add_parser("inject", help="add sidecars to a manifest's pods, like istioctl kube-inject")
+    inject.add_argument("-f", "--filename", required=True, help="the manifest (YAML; - for stdin)")
+    inject.add_argument("--mode", choices=["address", "iptables"], default=None,
+                        help="interception (default: the installed mesh's, else the cluster's, else address)")
+    inject.add_argument("--kubeconfig", type=Path, default=None, help="cluster (default: the running embedded lab)")
+    inject.set_defaults(func=_inject)
     proxy_p = sub.add_parser("proxy", help="run the sidecar proxy (istio-proxy): configured by Pilot over xDS")
     from meshlab.mesh.proxy import main as proxy_main
 
