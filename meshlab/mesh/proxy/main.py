@@ -8,6 +8,14 @@ downward-API volume). meshlab adds ``APP_ADDRESS`` (``ISTIO_META_APP_ADDRESS`` a
 inbound listeners find the application. The proxy connects to ``--xds-address`` (Pilot), reports every
 accepted config to the :class:`~meshlab.mesh.proxy.server.Sidecar`, and exits cleanly on SIGTERM or
 ``POST /quitquitquit``; while Pilot is unreachable it keeps serving its last good config and reconnects.
+
+Finding Pilot without DNS: the embedded lab has no cluster DNS, so ``istiod.istio-system.svc:15010`` does not
+resolve there. When ``getaddrinfo`` fails for the host and the pod has in-cluster credentials, the proxy reads
+the Service (``<svc>.<ns>[.svc[.<domain>]]``, or ``<svc>`` in its own namespace) and its EndpointSlices from
+the Kubernetes API and dials a ready endpoint on the target port of the named Service port (by number or
+name) — what a ClusterIP would have led to. It resolves again before every reconnect, so a restarted istiod
+with a new pod IP is found. The sidecar's own connections never go through ``HTTP_PROXY`` (it is the pod's
+proxy; Istio likewise exempts its UID from capture).
 """
 
 from __future__ import annotations
@@ -18,19 +26,24 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from meshlab.errors import XdsError
 
 if TYPE_CHECKING:
+    from kubernetes import client as k8s
+
     from meshlab.mesh.proxy.server import Settings
     from meshlab.mesh.xds.node import ProxyIdentity
 
 # grpc and the Envoy protos are imported inside the functions: ``meshlab --help`` and ``meshlab app ...``
 # build this parser too and must stay fast.
 ADMIN_PORT = 15000
+log = logging.getLogger("meshlab.proxy")
 
 
 def identity_from_env(env: Mapping[str, str], *, pod_ip: str | None = None) -> ProxyIdentity:
@@ -58,6 +71,81 @@ def identity_from_env(env: Mapping[str, str], *, pod_ip: str | None = None) -> P
     )
 
 
+# -- finding Pilot through the Kubernetes API when DNS cannot ----------------------------------------------------
+
+
+def service_of(host: str, namespace: str) -> tuple[str, str] | None:
+    """(name, namespace) of the Service a cluster DNS name means, or None if it is not one."""
+    parts = host.split(".")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], namespace
+    if len(parts) == 2 or (len(parts) >= 3 and parts[2] == "svc"):
+        return parts[0], parts[1]
+    return None
+
+
+def endpoint_for(service: Mapping[str, Any], slices: Sequence[Mapping[str, Any]], port: str,
+                 choose: Callable[[list[tuple[str, int]]], tuple[str, int]] = random.choice) -> tuple[str, int]:
+    """A ready endpoint (IP, target port) of ``service``'s port ``port`` (its number or its name)."""
+    name = (service.get("metadata") or {}).get("name")
+    wanted = next((p for p in (service.get("spec") or {}).get("ports") or ()
+                   if str(p.get("port")) == port or p.get("name") == port), None)
+    if wanted is None:
+        raise XdsError(f"service {name} has no port {port}")
+    target = wanted.get("targetPort", wanted.get("port"))
+    found: list[tuple[str, int]] = []
+    for slice_ in slices:
+        numbers = [int(p["port"]) for p in slice_.get("ports") or () if p.get("port")
+                   and (p.get("name") or "") == (wanted.get("name") or "")]
+        if isinstance(target, int) and not numbers:
+            numbers = [target]
+        for endpoint in slice_.get("endpoints") or ():
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            found += [(str(ip), n) for ip in endpoint.get("addresses") or () for n in numbers[:1]]
+    if not found:
+        raise XdsError(f"service {name} has no ready endpoint for port {port}")
+    return choose(sorted(found))
+
+
+class ApiResolver:
+    """``host:port`` -> an address to dial: DNS when it resolves, else the Service's endpoints from the API."""
+
+    def __init__(self, namespace: str, api_client: k8s.ApiClient | None) -> None:
+        self._namespace = namespace
+        self._api = api_client
+
+    def __call__(self, address: str) -> str:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.getaddrinfo(host, port)
+            return address
+        except (socket.gaierror, UnicodeError):
+            pass
+        svc = service_of(host, self._namespace)
+        if svc is None or self._api is None:
+            return address  # nothing better: let gRPC report the failure
+        from kubernetes import client
+
+        name, namespace = svc
+        plain = self._api.sanitize_for_serialization
+        service = plain(client.CoreV1Api(self._api).read_namespaced_service(name, namespace))
+        slices = plain(client.DiscoveryV1Api(self._api).list_namespaced_endpoint_slice(
+            namespace, label_selector=f"kubernetes.io/service-name={name}")).get("items") or []
+        ip, target = endpoint_for(service, slices, port)
+        return f"{ip}:{target}"
+
+
+def in_cluster_api() -> k8s.ApiClient | None:
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    from kubernetes import client
+
+    from meshlab import kube
+
+    return client.ApiClient(kube.load_configuration())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xds-address", default=os.environ.get("XDS_ADDRESS"),
                         help="Pilot's ADS address host:port (default: $XDS_ADDRESS)")
@@ -75,10 +163,21 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
     from meshlab.mesh.proxy.server import Sidecar
     from meshlab.mesh.proxy.xds_client import AdsClient
 
+    class ResolvingAdsClient(AdsClient):
+        async def _stream_once(self) -> bool:
+            # Before every (re)connection: istiod may have come back with another pod IP.
+            try:
+                self.target = await asyncio.to_thread(resolve, xds_address)
+            except Exception as err:  # the API unreachable, no endpoint yet: retry with back-off
+                log.warning("cannot resolve %s: %s", xds_address, err)
+                return False
+            return await super()._stream_once()
+
+    resolve = ApiResolver(identity.namespace, in_cluster_api())
     sidecar = Sidecar(settings)
     session = RecordingSession(identity.to_node())
-    client = AdsClient(session, target=xds_address,
-                       on_config=lambda config: sidecar.apply(config, dict(session.resources)))
+    client = ResolvingAdsClient(session, target=xds_address,
+                                on_config=lambda config: sidecar.apply(config, dict(session.resources)))
     await sidecar.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.xds_address:
         raise XdsError("give Pilot's address with --xds-address host:port (or $XDS_ADDRESS)")
     identity = identity_from_env(os.environ, pod_ip=args.pod_ip)
+    # The sidecar is the pod's HTTP proxy: its own connections (to Pilot) go direct, never through HTTP_PROXY.
+    for name in ("grpc_proxy", "https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        os.environ.pop(name, None)
     settings = Settings(pod_ip=identity.ip, admin_address=args.admin_address, admin_port=args.admin_port,
                         header_timeout=args.header_timeout)
     asyncio.run(run_sidecar(identity, settings, args.xds_address))
