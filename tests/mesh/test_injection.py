@@ -211,3 +211,24 @@ def test_mesh_config(data: dict[str, str] | None, expected: InjectionConfig) -> 
 def test_mesh_config_refuses_an_unknown_mode() -> None:
     with pytest.raises(MeshlabError, match="mode must be one of address, iptables"):
         config_from_mesh({"mode": "tproxy"})
+
+
+@pytest.mark.parametrize(("mode", "init_containers"), [("address", None), ("iptables", ["istio-init"])],
+                         ids=["address", "iptables"])
+def test_meshlab_inject_writes_the_injected_manifest(tmp_path: Any, capsys: pytest.CaptureFixture[str], mode: str,
+                                                     init_containers: list[str] | None) -> None:
+    import yaml
+
+    from meshlab import cli
+
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "details"}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "details-v1"},
+         "spec": {"template": {"metadata": META, "spec": app_spec()}}}]))
+    assert cli.main(["inject", "-f", str(manifest), "--mode", mode]) == 0
+    service, deployment = yaml.safe_load_all(capsys.readouterr().out)
+    assert service == {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "details"}}
+    spec = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["details", "istio-proxy"]
+    assert [c["name"] for c in spec.get("initContainers") or []] == (init_containers or [])

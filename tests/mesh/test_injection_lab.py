@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def mesh(lab: RunningLab) -> Iterator[tuple[meshlab.lab.Lab, str]]:
     namespace = "meshed-" + os.urandom(2).hex()
     try:
         assert cli.main(["mesh", "install", "--kubeconfig", str(lab.kubeconfig), "--timeout", "60"]) == 0
-        handle.clients.core.create_namespace(
-            {"metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}})
+        handle.apply({"apiVersion": "v1", "kind": "Namespace",
+                      "metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}})
         handle.apply(BOOKSTORE.read_text(), namespace=namespace)
         for name in DEPLOYMENTS:
             handle.wait_ready("deployment", name, namespace=namespace, timeout=90)
@@ -44,15 +45,20 @@ def test_install_records_the_lab_interception_mode(mesh: tuple[meshlab.lab.Lab, 
     assert config is not None and config.mode == "address"
 
 
+def pods(handle: meshlab.lab.Lab, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    listed = handle.clients.core.list_namespaced_pod(namespace, label_selector=selector)
+    return list(handle.clients.api_client.sanitize_for_serialization(listed)["items"])
+
+
 def test_every_bookstore_pod_runs_two_of_two_ready(mesh: tuple[meshlab.lab.Lab, str]) -> None:
-    handle, namespace = mesh
-    pods = handle.clients.core.list_namespaced_pod(namespace).items
-    assert len(pods) == len(DEPLOYMENTS)
-    for pod in pods:
-        assert [c.name for c in pod.spec.containers][-1] == "istio-proxy", pod.metadata.name
-        statuses = pod.status.container_statuses or []
-        assert len(statuses) == 2 and all(s.ready for s in statuses), pod.metadata.name
-        assert "sidecar.istio.io/status" in (pod.metadata.annotations or {})
+    listed = pods(*mesh)
+    assert len(listed) == len(DEPLOYMENTS)
+    for pod in listed:
+        name = pod["metadata"]["name"]
+        assert [c["name"] for c in pod["spec"]["containers"]][-1] == "istio-proxy", name
+        statuses = pod["status"].get("containerStatuses") or []
+        assert len(statuses) == 2 and all(s["ready"] for s in statuses), name
+        assert "sidecar.istio.io/status" in (pod["metadata"].get("annotations") or {})
 
 
 def test_the_page_is_served_through_the_sidecars(mesh: tuple[meshlab.lab.Lab, str]) -> None:
@@ -62,9 +68,9 @@ def test_the_page_is_served_through_the_sidecars(mesh: tuple[meshlab.lab.Lab, st
     assert "unavailable" not in page.split("</style>")[-1]
 
     def log(app: str) -> str:
-        pods = handle.clients.core.list_namespaced_pod(namespace, label_selector=f"app={app}").items
-        return "".join(str(handle.clients.core.read_namespaced_pod_log(p.metadata.name, namespace,
-                                                                       container="istio-proxy")) for p in pods)
+        return "".join(str(handle.clients.core.read_namespaced_pod_log(p["metadata"]["name"], namespace,
+                                                                       container="istio-proxy"))
+                       for p in pods(handle, namespace, f"app={app}"))
 
     deadline = time.monotonic() + 5  # access log lines are written when the response completes
     while time.monotonic() < deadline and "/productpage" not in log("productpage"):
@@ -81,7 +87,8 @@ def test_the_page_is_served_through_the_sidecars(mesh: tuple[meshlab.lab.Lab, st
 
 def test_an_opted_out_pod_is_created_without_a_sidecar(mesh: tuple[meshlab.lab.Lab, str]) -> None:
     handle, namespace = mesh
-    pod = handle.clients.core.create_namespaced_pod(namespace, {
-        "metadata": {"name": "plain", "labels": {"sidecar.istio.io/inject": "false"}},
-        "spec": {"containers": [{"name": "echo", "image": "meshlab/echo:1", "command": ["meshlab", "app", "echo"]}]}})
-    assert [c.name for c in pod.spec.containers] == ["echo"]
+    [pod] = handle.apply({"apiVersion": "v1", "kind": "Pod",
+                          "metadata": {"name": "plain", "labels": {"sidecar.istio.io/inject": "false"}},
+                          "spec": {"containers": [{"name": "echo", "image": "meshlab/echo:1",
+                                                   "command": ["meshlab", "app", "echo"]}]}}, namespace=namespace)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["echo"]
