@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kubernetes import client, watch
 
+from benchmarks.mesh import bench_mesh
 from benchmarks.runtime import bench_runtime
 from meshlab import kube
 from meshlab.cluster import supervisor
@@ -158,15 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--writes", type=int, default=1000)
-    parser.add_argument("--only", choices=["apiserver", "runtime"], default=None)
+    parser.add_argument("--only", choices=["apiserver", "runtime", "mesh"], default=None)
+    parser.add_argument("--mesh-duration", type=float, default=10.0,
+                        help="seconds per mesh latency run (Istio's published figures use 30)")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="meshlab-bench-"))
     os.environ["MESHLAB_HOME"] = str(home)
     rows: list[Row] = []
-    if args.only != "runtime":
+    if args.only in (None, "apiserver"):
         rows += bench_apiserver(home, args)
-    if args.only != "apiserver":
+    if args.only in (None, "runtime"):
         rows += bench_runtime(home, min(args.runs, 3))
+    if args.only in (None, "mesh"):
+        rows += bench_mesh(args.mesh_duration)
     shutil.rmtree(home, ignore_errors=True)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'median':>16}  {'target':>10}  result")
