@@ -19,13 +19,22 @@ from typing import Any
 from envoy.admin.v3 import config_dump_pb2
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format
 
 from meshlab.mesh.proxy.config import ConfigUpdate
 from meshlab.mesh.proxy.xds_client import AdsSession
 from meshlab.mesh.xds import resources as xds
+
+# json_format can print an Any only when its type is in the descriptor pool: every extension Pilot packs
+# (the router and fault filters, Istio's previous-hosts retry predicate, the clusters' HTTP protocol options)
+# must be imported here, even those the proxy never decodes, or /config_dump fails.
+DUMPED_EXTENSIONS = (fault_pb2, router_pb2, previous_hosts_pb2, http_protocol_options_pb2)
 
 
 @dataclass
