@@ -22,7 +22,7 @@ from pathlib import Path
 from kubernetes import client, watch
 
 from benchmarks.mesh import bench_mesh
-from benchmarks.runtime import bench_runtime
+from benchmarks.runtime import bench_runtime, rss_mb
 from meshlab import kube
 from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
@@ -144,13 +144,6 @@ def bench_watchers(c: kube.Clients, watchers: int, writes: int) -> list[Row]:
         (f"{watchers} watchers x {writes} writes: events lost", str(lost), "0", "ok" if lost == 0 else "MISS"),
         ("  delivery delay p50 / p99", f"{p50:.1f} / {p99:.1f} ms", "report", ""),
     ]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from benchmarks.runtime import rss_mb
 from meshlab.mesh.load import LoadResult, load
 from meshlab.mesh.pilot.ads import AdsServer, serve
 from meshlab.mesh.pilot.model import Endpoint, MeshState, Service, ServicePort, VirtualService
@@ -149,16 +150,6 @@ async def _synced(ads: AdsServer, ids: set[str], timeout: float = 60.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{len(ids - done)} of {len(ids)} proxies did not sync within {timeout:g} s")
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 @contextlib.asynccontextmanager
