@@ -163,21 +163,13 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
     from meshlab.mesh.proxy.server import Sidecar
     from meshlab.mesh.proxy.xds_client import AdsClient
 
-    class ResolvingAdsClient(AdsClient):
-        async def _stream_once(self) -> bool:
-            # Before every (re)connection: istiod may have come back with another pod IP.
-            try:
-                self.target = await asyncio.to_thread(resolve, xds_address)
-            except Exception as err:  # the API unreachable, no endpoint yet: retry with back-off
-                log.warning("cannot resolve %s: %s", xds_address, err)
-                return False
-            return await super()._stream_once()
-
     resolve = ApiResolver(identity.namespace, in_cluster_api())
     sidecar = Sidecar(settings)
     session = RecordingSession(identity.to_node())
-    client = ResolvingAdsClient(session, target=xds_address,
-                                on_config=lambda config: sidecar.apply(config, dict(session.resources)))
+    client = AdsClient(session, target=xds_address,
+                       on_config=lambda config: sidecar.apply(config, dict(session.resources)),
+                       # before every (re)connection: istiod may have come back with another pod IP
+                       resolve=lambda: asyncio.to_thread(resolve, xds_address))
     await sidecar.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -87,6 +87,7 @@ class AdsClient:
         *,
         target: str,
         on_config: Callable[[ProxyConfig], None] | None = None,
+        resolve: Callable[[], Awaitable[str]] | None = None,
         backoff_base: float = 0.1,
         backoff_max: float = 1.0,
         jitter: Callable[[], float] = random.random,
@@ -94,6 +95,9 @@ class AdsClient:
         self.session = session
         self.target = target
         self._on_config = on_config
+        # Called before every (re)connection for the address to dial (Pilot may come back elsewhere);
+        # failing counts as a failed attempt and is retried with back-off.
+        self._resolve = resolve
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._jitter = jitter
@@ -123,6 +127,12 @@ class AdsClient:
 
     async def _stream_once(self) -> bool:
         got_response = False
+        if self._resolve is not None:
+            try:
+                self.target = await self._resolve()
+            except Exception as err:  # the API unreachable, no endpoint yet: retry with back-off
+                log.warning("cannot resolve the ADS server: %s", err)
+                return False
         async with grpc.aio.insecure_channel(self.target) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources()

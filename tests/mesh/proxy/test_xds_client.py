@@ -167,3 +167,38 @@ def test_when_pilot_goes_away_the_config_stays_and_a_new_pilot_gets_the_versions
         assert client.reconnects >= 1
 
     scenario(body)
+
+
+def test_the_address_is_resolved_again_before_every_connection() -> None:
+    # Pilot comes back on another address: the resolve hook is asked before each (re)connection, and a
+    # failing resolution is retried with back-off instead of ending the client.
+    async def main() -> None:
+        first, first_ads, first_port = await start_server()
+        second, second_ads, second_port = await start_server()
+        answers: list[object] = [f"127.0.0.1:{first_port}", LookupError("no ready endpoint yet"),
+                                 f"127.0.0.1:{second_port}"]
+        asked = 0
+
+        async def resolve() -> str:
+            nonlocal asked
+            answer = answers[min(asked, len(answers) - 1)]
+            asked += 1
+            if isinstance(answer, Exception):
+                raise answer
+            return str(answer)
+
+        client = AdsClient(AdsSession(IDENTITY.to_node()), target="istiod.istio-system.svc:15010",
+                           resolve=resolve, backoff_base=0.05, backoff_max=0.1)
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(opening(first_ads), 10)
+            await asyncio.wait_for(push_good_config(first_ads), 10)
+            await first.stop(None)  # Pilot moves
+            await asyncio.wait_for(opening(second_ads), 10)
+            assert asked >= 3 and client.target == f"127.0.0.1:{second_port}"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await second.stop(None)
+
+    asyncio.run(main())
