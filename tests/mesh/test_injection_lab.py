@@ -63,9 +63,19 @@ def test_every_bookstore_pod_runs_two_of_two_ready(mesh: tuple[meshlab.lab.Lab, 
 
 def test_the_page_is_served_through_the_sidecars(mesh: tuple[meshlab.lab.Lab, str]) -> None:
     handle, namespace = mesh
+
+    def complete(page: str) -> bool:
+        return ('class="review"' in page and "Reviews served by: reviews-v" in page
+                and "unavailable" not in page.split("</style>")[-1])
+
+    # Ready pods are not yet known to every sidecar: endpoints reach the proxies through Pilot a moment
+    # later (eventual consistency, as in Istio), so give the mesh a few seconds to converge.
+    deadline = time.monotonic() + 15
     page = handle.get("productpage", 9080, "/productpage", namespace=namespace)
-    assert 'class="review"' in page and "Reviews served by: reviews-v" in page
-    assert "unavailable" not in page.split("</style>")[-1]
+    while not complete(page) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page = handle.get("productpage", 9080, "/productpage", namespace=namespace)
+    assert complete(page), page
 
     def log(app: str) -> str:
         return "".join(str(handle.clients.core.read_namespaced_pod_log(p["metadata"]["name"], namespace,
