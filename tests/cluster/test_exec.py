@@ -7,10 +7,8 @@ kubectl and the real Python client independently of the kubelet.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,11 @@ import pytest
 from kubernetes.stream import stream
 
 from meshlab import kube
-from meshlab.cluster import supervisor
 from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.podio import ExecProcess, LocalProcess, LogOptions
 from tests.conftest import kubectl_path
+from tests.inprocess import lab_in_thread
 
 
 class LocalPodIO:
@@ -48,32 +46,18 @@ class LocalPodIO:
 @pytest.fixture(scope="module")
 def pod_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDir]:
     lab = LabDir.named("exec", tmp_path_factory.mktemp("exec-home"))
-    port = supervisor.free_port()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    started = threading.Event()
 
-    def configure(server: ApiServer) -> list[Any]:
+    def configure(server: ApiServer, port: int) -> list[Any]:
         server.pod_io = LocalPodIO()
-        started.set()
         return []
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(15)
-    while supervisor.running(lab) is None:
-        pass
-    c = kube.clients(lab.kubeconfig)
-    c.core.create_namespaced_pod("default", {"metadata": {"name": "box"}, "spec": {
-        "nodeName": "lab-node", "containers": [{"name": "main", "image": "meshlab/echo:1"}]}})
-    c.close()
-    yield lab
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=15)
+    # the apiserver alone (runtime=False), with this PodIO standing in for a kubelet
+    with lab_in_thread(lab, configure):
+        c = kube.clients(lab.kubeconfig)
+        c.core.create_namespaced_pod("default", {"metadata": {"name": "box"}, "spec": {
+            "nodeName": "lab-node", "containers": [{"name": "main", "image": "meshlab/echo:1"}]}})
+        c.close()
+        yield lab
 
 
 def _kubectl(lab: LabDir, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,11 +24,11 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
 from meshlab import kube
-from meshlab.cluster import supervisor
 from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.kubelet import BackOffPolicy, Kubelet
 from meshlab.cluster.labdir import LabDir
 from tests.conftest import kubectl_path
+from tests.inprocess import lab_in_thread
 
 NS = "kl"
 T = TypeVar("T")
@@ -129,12 +129,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     home = tmp_path_factory.mktemp("kubelet-home")
     marks = tmp_path_factory.mktemp("marks")
     lab = LabDir.named("kubelet", home)
-    port = supervisor.free_port()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
     made: list[Kubelet] = []
 
-    def configure(server: ApiServer) -> list[Any]:
+    def configure(server: ApiServer, port: int) -> list[Any]:
         kubelet = Kubelet(server.rest, state_dir=lab.path, signer=server.signer,
                           apiserver_url=f"https://127.0.0.1:{port}", ca_pem=b"", proxy_url="http://127.0.0.1:3128",
                           backoff=BackOffPolicy(initial=0.4, maximum=1.6, pull_error_visible=0.3), stop_grace=1.0)
@@ -142,14 +139,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         made.append(kubelet)
         return [kubelet]
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        # runtime=False: the apiserver alone, plus this kubelet (short back-offs) and nothing else
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
+    # runtime=False: the apiserver alone, plus this kubelet (short back-offs) and nothing else
+    with lab_in_thread(lab, configure):
+        yield from _scenario(lab, marks, made)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: supervisor.running(lab), 20, "the lab")
+
+def _scenario(lab: LabDir, marks: Path, made: list[Kubelet]) -> Iterator[Node]:
     clients = kube.clients(lab.kubeconfig)
     core: Any = clients.core
     core.create_namespace({"metadata": {"name": NS}})
@@ -166,8 +161,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                                         "spec": {"nodeName": "lab-node", **spec}})
     yield Node(lab, clients, marks, made[0])
     clients.close()
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=30)
 
 
 def until(node: Node, name: str, check: Callable[[dict[str, Any]], Any], timeout: float = 15.0,

@@ -6,9 +6,7 @@ report what they see in their logs.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,10 +16,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from meshlab import kube, podnet
-from meshlab.cluster import supervisor
 from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.kubelet import BackOffPolicy, Kubelet
 from meshlab.cluster.labdir import LabDir
+from tests.inprocess import lab_in_thread
 
 NS = "podlocal"
 T = TypeVar("T")
@@ -111,12 +109,9 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     lab = LabDir.named("podlocal", tmp_path_factory.mktemp("podlocal-home"))
-    port = supervisor.free_port()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
     made: list[Kubelet] = []
 
-    def configure(server: ApiServer) -> list[Any]:
+    def configure(server: ApiServer, port: int) -> list[Any]:
         kubelet = Kubelet(server.rest, state_dir=lab.path, signer=server.signer,
                           apiserver_url=f"https://127.0.0.1:{port}", ca_pem=b"", proxy_url="http://127.0.0.1:3128",
                           backoff=BackOffPolicy(initial=0.4, maximum=1.6, pull_error_visible=0.3), stop_grace=1.0)
@@ -124,13 +119,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         made.append(kubelet)
         return [kubelet]
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
+    with lab_in_thread(lab, configure):
+        yield from _pods(lab, made)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: supervisor.running(lab), 20, "the lab")
+
+def _pods(lab: LabDir, made: list[Kubelet]) -> Iterator[Node]:
     clients = kube.clients(lab.kubeconfig)
     core: Any = clients.core
     core.create_namespace({"metadata": {"name": NS}})
@@ -145,8 +138,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                                         "spec": {"nodeName": "lab-node", "containers": containers}})
     yield Node(clients, made[0])
     clients.close()
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=30)
 
 
 def served_on(node: Node) -> str:
