@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -174,7 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--port", type=int, default=None, help="JupyterLab's port (default: 8888 or a free one)")
     lab.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
     lab.set_defaults(func=_lab)
+    for extension in _EXTENSIONS:
+        importlib.import_module(extension).add_commands(sub)
     return parser
+
+
+# Each area registers its own subcommands (``add_commands(sub)``, argparse only: heavy imports happen inside
+# the handlers, so every `meshlab app ...` container still starts small).
+_EXTENSIONS = (
+    "meshlab.storage.nfsd.commands",        # meshlab nfs-server
+    "meshlab.mounting.commands",            # meshlab mount-nfs (the FUSE client a lab mount runs)
+    "meshlab.storage.flexvolume.commands",  # meshlab flexvolume ... (the FlexVolume driver executable)
+    "meshlab.storage.csi.commands",         # meshlab csi-driver, meshlab csi-registrar, meshlab csi-provisioner
+    "meshlab.storage.commands",             # meshlab storage install|uninstall|status
+    "meshlab.mesh.citadel.commands",        # meshlab citadel
+)
 
 
 def main(argv: list[str] | None = None) -> int:

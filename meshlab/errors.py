@@ -176,5 +176,21 @@ class CaError(MeshlabError):
     """A certificate authority failure (bad CSR, unauthenticated caller, expired chain)."""
 
 
+class StorageError(MeshlabError):
+    """A storage failure: NFS, mounting, FlexVolume; the message says what happened and what to do next."""
+
+
+class NfsError(StorageError):
+    """An NFS call failed; ``status`` is the protocol's own name for it (e.g. ``NFS3ERR_NOENT``)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class MountError(StorageError):
+    """A volume could not be mounted (or unmounted) on this node; the message says why and what to install."""
+
+
 class LabError(MeshlabError):
     """The lab cannot do what was asked; the message says what to do next."""

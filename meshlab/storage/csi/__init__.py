@@ -1,0 +1,1 @@
+"""The CSI driver ``nfs.csi.meshlab.io``: Identity, Controller and Node services over unix sockets."""
