@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the mesh is driven through a Lab handle but never imports t
 
 MANIFESTS = Path(manifests.__file__).parent
 CRDS = MANIFESTS / "crds.yaml"
+SECURITY_CRDS = MANIFESTS / "crds-security.yaml"  # PeerAuthentication, AuthorizationPolicy
 PILOT = MANIFESTS / "pilot.yaml"
 PILOT_RBAC = MANIFESTS / "pilot-rbac.yaml"
 NAMESPACE = "istio-system"
@@ -82,7 +83,8 @@ def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None) -> list[
     config = mesh_configmap(InjectionConfig(mode=mode or cluster_mode(lab)))
     # Right after the Namespace, so the injector reads it before it serves its first pod.
     at = next((i + 1 for i, doc in enumerate(pilot) if doc.get("kind") == "Namespace"), 0)
-    applied = lab.apply(CRDS.read_text()) + lab.apply([*pilot[:at], config, *pilot[at:]])
+    applied = lab.apply(CRDS.read_text()) + lab.apply(SECURITY_CRDS.read_text())
+    applied += lab.apply([*pilot[:at], config, *pilot[at:]])
     if serves_rbac(lab):
         applied += lab.apply(PILOT_RBAC.read_text())
     lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)
@@ -96,7 +98,7 @@ def uninstall(lab: Lab, *, purge: bool = False, timeout: float = 60) -> list[str
     if serves_rbac(lab):
         deleted += lab.delete(PILOT_RBAC.read_text())
     if purge:
-        deleted += lab.delete(CRDS.read_text())
+        deleted += lab.delete(CRDS.read_text()) + lab.delete(SECURITY_CRDS.read_text())
     deadline = time.monotonic() + timeout
     while _namespace_exists(lab):
         if time.monotonic() > deadline:
