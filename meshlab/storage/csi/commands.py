@@ -7,4 +7,51 @@ from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this area's subcommands to ``meshlab``'s parser (none yet)."""
+    """Add this area's subcommands to ``meshlab``'s parser."""
+    add_sidecar_commands(sub)
+
+
+# -- the sidecars beside the driver: csi-provisioner (controller pod), csi-registrar (node pod) ----------------
+
+def add_sidecar_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """``meshlab csi-provisioner`` and ``meshlab csi-registrar`` (kubernetes-csi's two sidecars' roles)."""
+    p = sub.add_parser("csi-provisioner", help="provision PVs for a CSI driver's StorageClasses "
+                                               "(the external-provisioner's role)")
+    p.add_argument("--csi-address", required=True, help="the driver's controller socket, unix:///csi/csi.sock")
+    p.add_argument("--kubeconfig", default=None, help="default: in-cluster service account, else $KUBECONFIG")
+    p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs (default 30)")
+    p.add_argument("--retry-interval-start", type=float, default=1.0, help="first retry delay in seconds")
+    p.add_argument("--retry-interval-max", type=float, default=300.0, help="longest retry delay in seconds")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of each CSI call in seconds")
+    p.set_defaults(func=_run_provisioner)
+
+    r = sub.add_parser("csi-registrar", help="register a CSI driver with the kubelet through its plugins_registry "
+                                             "(the node-driver-registrar's role)")
+    r.add_argument("--csi-address", required=True, help="the driver's node socket as this container sees it")
+    r.add_argument("--kubelet-registration-path", required=True,
+                   help="the same socket as the kubelet sees it, e.g. /var/lib/kubelet/plugins/<driver>/csi.sock")
+    r.add_argument("--plugin-registration-path", default="/registration",
+                   help="the kubelet's plugins_registry directory as this container sees it (default /registration)")
+    r.add_argument("--health-port", type=int, default=0, help="serve /healthz on this port (0: off)")
+    r.set_defaults(func=_run_registrar)
+
+
+def _run_provisioner(args: argparse.Namespace) -> int:
+    import logging
+
+    from meshlab.storage.csi import provisioner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return provisioner.main(csi_address=args.csi_address, kubeconfig=args.kubeconfig, resync=args.resync,
+                            retry_start=args.retry_interval_start, retry_max=args.retry_interval_max,
+                            timeout=args.timeout)
+
+
+def _run_registrar(args: argparse.Namespace) -> int:
+    import logging
+
+    from meshlab.storage.csi import registrar
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return registrar.main(csi_address=args.csi_address, kubelet_path=args.kubelet_registration_path,
+                          registration_dir=args.plugin_registration_path, health_port=args.health_port)
