@@ -374,10 +374,16 @@ class NfsClient:
             return NfsFile(self._client.open(self._path(path), mode), path)
 
     def create(self, path: str, mode: int = 0o666) -> NfsFile:
-        """Create (or truncate) a file, set its permission bits, and return it open for reading and writing."""
-        handle = self.open(path, "w+b")
+        """Create a file if missing (never truncating one), set its permission bits, open it read-write."""
+        with _mapped(f"create {path}"):
+            self._client.touch(self._path(path), exist_ok=True)
         self.chmod(path, mode)
-        return handle
+        return self.open(path, "r+b")
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Change the owner (-1 keeps that side), as the server allows the caller."""
+        with _mapped(f"chown {uid}:{gid} {path}"):
+            self._client.chown(self._path(path), uid, gid)
 
     def statfs(self) -> tuple[int, int, int, int, int, int]:
         """(total, free, available bytes, total, free, available files) of the exported filesystem."""
@@ -392,6 +398,7 @@ class NfsClient:
             return
         source = self.open(src, "rb")
         target = self.create(dst, stat_module.S_IMODE(mode))
+        target.truncate(0)
         try:
             offset = 0
             while chunk := source.read_at(offset, _CHUNK):
