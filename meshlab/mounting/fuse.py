@@ -7,7 +7,8 @@ the way the kernel's own NFS client would on a real node. ``meshlab mount-nfs`` 
 :mod:`meshlab.mounting.commands`) runs :func:`serve` in a detached process; :mod:`meshlab.mounting.mount`
 starts and stops it. The kernel enforces a read-only mount (``-o ro`` gives EROFS before we are asked), NFS
 status names become errnos (:func:`errno_for_status`), and file contents are not cached across opens
-(``auto_cache``) so that two mounts of one export — two pods on the node — see each other's writes.
+(``auto_cache``, no attribute caching: NFS close-to-open consistency) so that two mounts of one export —
+two pods on the node — see each other's writes.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = 
                                     f"on {location.server} (the export's subdirectory must exist)")
     source = f"{location.server}:{posixpath.join(location.export, operations.subdir).rstrip('/') or '/'}"
     options: dict[str, Any] = {"fsname": source, "subtype": FSTYPE, "auto_cache": True,
-                               "attr_timeout": 1, "entry_timeout": 1, "negative_timeout": 0}
+                               "attr_timeout": 0, "entry_timeout": 0, "negative_timeout": 0}
     if read_only:
         options["ro"] = True
     if os.geteuid() == 0:
