@@ -10,7 +10,6 @@ keep their volumes in a subdirectory (e.g. ``volumes/``) and never assert on the
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -22,8 +21,6 @@ from meshlab.storage.nfsd.running import RunningNfsServer, start_nfs_server
 @pytest.fixture(scope="module", params=["python", "ganesha"])
 def nfs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNfsServer]:
     backend: str = request.param
-    if backend == "python" and importlib.util.find_spec("meshlab.storage.nfsd.__main__") is None:
-        pytest.skip("the Python NFS server is not committed yet")  # removed once it lands
     if backend == "ganesha":
         reason = ganesha_unavailable()
         if reason is not None:
