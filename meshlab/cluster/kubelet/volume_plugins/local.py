@@ -12,7 +12,10 @@ enforced (a real kubelet evicts the pod past it), and the events say that too.
 (``hostPath type check failed: /p is not a directory``); no type performs no check (and, as containerd
 does, a missing path becomes a directory). The embedded lab runs on a learner's own machine, so a hostPath
 must resolve (symlinks followed) inside the lab's directory or one of the allowed host paths
-(``MESHLAB_ALLOWED_HOST_PATHS``, ``os.pathsep``-separated, or the kubelet's ``allowed_host_paths``).
+(``MESHLAB_ALLOWED_HOST_PATHS``, ``os.pathsep``-separated, or the kubelet's ``allowed_host_paths``). Node
+plugins' DaemonSets name the kubelet's own directories as ``/var/lib/kubelet/...`` (``plugins_registry``,
+``plugins/<driver>``, ``pods``); the lab kubelet's root is the lab directory (its pods live in
+``<lab>/pods/<uid>``), so such a hostPath means the same path under the lab directory (:func:`kubelet_path`).
 """
 
 from __future__ import annotations
@@ -82,6 +85,17 @@ class EmptyDirPlugin:
                 with_pod.rmdir()
 
 
+KUBELET_ROOT = "/var/lib/kubelet"
+
+
+def kubelet_path(path: str, root: Path) -> Path:
+    """A real node's kubelet path (``/var/lib/kubelet/x``) as the lab kubelet's (``<root>/x``); others as is."""
+    normal = os.path.normpath(path)
+    if normal == KUBELET_ROOT or normal.startswith(KUBELET_ROOT + "/"):
+        return Path(root) / normal[len(KUBELET_ROOT):].lstrip("/")
+    return Path(path)
+
+
 def confine(path: Path, roots: list[Path]) -> bool:
     """Whether ``path`` (already resolved) is one of ``roots`` or inside one."""
     return any(path == root or path.is_relative_to(root) for root in roots)
@@ -99,7 +113,7 @@ class HostPathPlugin:
         if kind and kind not in _KINDS:
             raise ctx.failed(volume, f"hostPath type check failed: unknown type {kind!r}")
         # Resolve symlinks first: a link inside the lab must not lead out of it.
-        resolved = Path(os.path.realpath(raw))
+        resolved = Path(os.path.realpath(kubelet_path(raw, ctx.lab_dir)))
         roots = [Path(os.path.realpath(ctx.lab_dir))] + [Path(os.path.realpath(p)) for p in ctx.allowed_host_paths]
         if not confine(resolved, roots):
             where = f" (it resolves to {resolved})" if str(resolved) != os.path.normpath(raw) else ""

@@ -1,0 +1,321 @@
+"""``csi``: the kubelet's CSI volume plugin and its registration handler (``pkg/volume/csi`` in Kubernetes).
+
+Registration: the plugin watcher (:mod:`meshlab.cluster.kubelet.pluginwatcher`) hands every ``CSIPlugin``
+socket to :class:`CsiPlugin` — it checks that a ``1.x`` version is offered, dials the driver's endpoint, asks
+``NodeGetInfo`` (node id, volume limit, topology), records the driver in the node's ``CSINode`` object
+(``storage.k8s.io/v1``, one per node, owned by the Node) and in the Node's ``csi.volume.kubernetes.io/nodeid``
+annotation, and removes both when the driver goes away. Volumes: for a pod's ``volumes[].csi`` (an inline
+*ephemeral* volume: its handle is ``csi-<sha256(pod uid + volume name)>``, its context the
+``volumeAttributes`` plus ``csi.storage.k8s.io/ephemeral: "true"``; the driver's CSIDriver object must list
+the ``Ephemeral`` lifecycle mode) and for a PersistentVolume's ``spec.csi`` (reached through the claim: the
+``persistentVolumeClaim`` plugin delegates here with ``{"name": <pod volume>, "csi": <pv.spec.csi>}``), the
+plugin calls ``NodePublishVolume`` with the target path ``<pod dir>/volumes/kubernetes.io~csi/<pv or volume
+name>/mount`` (the driver creates and mounts it; no STAGE_UNSTAGE for NFS), the access mode from the PV, its
+``mountOptions`` as mount flags, and pod information when the CSIDriver asks for ``podInfoOnMount``. What it
+published is kept in ``vol_data.json`` beside the mount so ``NodeUnpublishVolume`` can be called after a
+restart. Failures become ``FailedMount`` events quoting the gRPC code, and the pod worker retries with
+back-off.
+
+Paths: a node plugin deployed by a DaemonSet names kubelet paths as ``/var/lib/kubelet/...``; the embedded lab's
+kubelet root is the lab directory instead (pods live in ``<lab>/pods/<uid>``), so the hostPath plugin maps
+``/var/lib/kubelet`` to it (:func:`meshlab.cluster.kubelet.volume_plugins.local.kubelet_path`) and so does this
+plugin for the endpoint a registrar announces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from meshlab.cluster.kubelet.volume_plugins import VolumeContext, VolumeError
+from meshlab.cluster.kubelet.volume_plugins.local import kubelet_path
+from meshlab.cluster.rest import RestStorage, WriteOptions
+from meshlab.csiproto import csi_pb2, csi_pb2_grpc
+from meshlab.errors import NotFound
+
+log = logging.getLogger("meshlab.kubelet.csi")
+
+Obj = dict[str, Any]
+CSI_DIR = "kubernetes.io~csi"
+VOL_DATA = "vol_data.json"
+NODE_ID_ANNOTATION = "csi.volume.kubernetes.io/nodeid"
+EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
+_ACCESS = {"ReadWriteMany": "MULTI_NODE_MULTI_WRITER", "ReadOnlyMany": "MULTI_NODE_READER_ONLY",
+           "ReadWriteOncePod": "SINGLE_NODE_SINGLE_WRITER", "ReadWriteOnce": "SINGLE_NODE_WRITER"}
+
+
+def ephemeral_handle(pod_uid: str, volume_name: str) -> str:
+    """The volume handle the kubelet makes up for an inline volume (``makeVolumeHandle``)."""
+    return "csi-" + hashlib.sha256(f"{pod_uid}{volume_name}".encode()).hexdigest()
+
+
+def access_mode(modes: list[str]) -> str:
+    """The CSI access mode for a PV's access modes, as the kubelet picks it (the widest one wins)."""
+    for mode in ("ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod", "ReadWriteOnce"):
+        if mode in modes:
+            return _ACCESS[mode]
+    return "SINGLE_NODE_WRITER"
+
+
+def grpc_detail(err: grpc.RpcError) -> str:
+    """``rpc error: code = NAME desc = message``, how the kubelet quotes a driver's failure."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    return f"rpc error: code = {code.name if code is not None else 'UNKNOWN'} desc = {details}"
+
+
+@dataclass
+class Driver:
+    name: str
+    endpoint: Path
+    channel: grpc.aio.Channel
+    node_id: str = ""
+
+    @property
+    def node(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(self.channel)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What one NodePublishVolume call needs, worked out from the pod's volume (pure data)."""
+
+    driver: str
+    volume_id: str
+    dir_name: str                 # kubernetes.io~csi/<dir_name>/mount
+    read_only: bool
+    access_mode: str
+    fs_type: str
+    mount_flags: tuple[str, ...]
+    volume_context: dict[str, str]
+    ephemeral: bool
+
+
+class CsiPlugin:
+    """The ``csi`` volume plugin and the ``CSIPlugin`` registration handler of one node."""
+
+    name = "csi"
+
+    def __init__(self, rest: RestStorage, *, node_name: str, root_dir: Path, timeout: float = 30.0,
+                 opts: WriteOptions | None = None) -> None:
+        self.rest = rest
+        self.node_name = node_name
+        self.root_dir = Path(root_dir)
+        self.timeout = timeout
+        self.opts = opts or WriteOptions(user={"username": f"system:node:{node_name}", "groups": ["system:nodes"]},
+                                         field_manager="kubelet")
+        self.drivers: dict[str, Driver] = {}
+
+    # -- registration (PluginHandler) ------------------------------------------------------------------------
+
+    async def validate(self, name: str, endpoint: str, versions: list[str]) -> None:
+        if not any(v.split(".")[0] == "1" for v in versions):
+            raise ValueError(f"none of the versions {versions} of CSI driver {name} is supported (1.x)")
+        if not endpoint:
+            raise ValueError(f"CSI driver {name} announced no endpoint")
+
+    async def register(self, name: str, endpoint: str, versions: list[str]) -> None:
+        path = kubelet_path(endpoint, self.root_dir)
+        old = self.drivers.pop(name, None)
+        if old is not None:
+            await old.channel.close()
+        channel = grpc.aio.insecure_channel(f"unix://{path}")
+        driver = Driver(name, path, channel)
+        try:
+            info = await driver.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            await channel.close()
+            raise ValueError(f"NodeGetInfo of {name} at {path} failed: {grpc_detail(err)}") from err
+        driver.node_id = str(info.node_id)
+        entry: Obj = {"name": name, "nodeID": driver.node_id}
+        keys = sorted(info.accessible_topology.segments) if info.HasField("accessible_topology") else []
+        if keys:
+            entry["topologyKeys"] = keys
+        if info.max_volumes_per_node > 0:
+            entry["allocatable"] = {"count": int(info.max_volumes_per_node)}
+        await self._record(name, entry)
+        self.drivers[name] = driver
+
+    async def deregister(self, name: str) -> None:
+        driver = self.drivers.pop(name, None)
+        if driver is not None:
+            await driver.channel.close()
+        await self._record(name, None)
+
+    async def _record(self, name: str, entry: Obj | None) -> None:
+        """Put (or remove) ``name`` in this node's CSINode and nodeid annotation."""
+        node_rt = self.rest.registry.lookup("", "v1", "nodes")
+        csinode_rt = self.rest.registry.lookup("storage.k8s.io", "v1", "csinodes")
+        assert node_rt is not None and csinode_rt is not None
+        node = self.rest.get(node_rt, "", self.node_name)
+        ids = json.loads(((node.get("metadata") or {}).get("annotations") or {}).get(NODE_ID_ANNOTATION) or "{}")
+        if entry is None:
+            ids.pop(name, None)
+        else:
+            ids[name] = entry["nodeID"]
+        patch = {"metadata": {"annotations": {NODE_ID_ANNOTATION: json.dumps(ids, sort_keys=True) if ids else None}}}
+        await self.rest.patch(node_rt, "", self.node_name, "application/merge-patch+json", patch, self.opts)
+        try:
+            csinode = self.rest.get(csinode_rt, "", self.node_name)
+        except NotFound:
+            csinode = {"apiVersion": "storage.k8s.io/v1", "kind": "CSINode",
+                       "metadata": {"name": self.node_name, "ownerReferences": [
+                           {"apiVersion": "v1", "kind": "Node", "name": self.node_name,
+                            "uid": node["metadata"]["uid"]}]},
+                       "spec": {"drivers": []}}
+            if entry is None:
+                return
+            csinode["spec"]["drivers"] = [entry]
+            await self.rest.create(csinode_rt, "", csinode, self.opts)
+            return
+        drivers = [d for d in (csinode.get("spec") or {}).get("drivers") or [] if d.get("name") != name]
+        if entry is not None:
+            drivers.append(entry)
+        updated = {**csinode, "spec": {**(csinode.get("spec") or {}), "drivers": drivers}}
+        await self.rest.update(csinode_rt, "", self.node_name, updated, self.opts)
+
+    # -- volumes (VolumePlugin) ------------------------------------------------------------------------------
+
+    def _lookup(self, group: str, plural: str, namespace: str, name: str) -> Obj | None:
+        rt = self.rest.registry.lookup(group, "v1", plural)
+        assert rt is not None
+        try:
+            return self.rest.get(rt, namespace, name)
+        except NotFound:
+            return None
+
+    def publication(self, ctx: VolumeContext, volume: Obj) -> Publication:
+        """Work out NodePublishVolume's arguments for ``volume``; raises :class:`VolumeError`."""
+        source = volume.get("csi") or {}
+        driver_name = str(source.get("driver") or "")
+        if not driver_name:
+            raise ctx.failed(volume, "kubernetes.io/csi: the csi volume source names no driver")
+        name = str(volume.get("name") or "")
+        csidriver = self._lookup("storage.k8s.io", "csidrivers", "", driver_name)
+        driver_spec = (csidriver or {}).get("spec") or {}
+        if "volumeHandle" not in source:
+            modes = list(driver_spec.get("volumeLifecycleModes") or ["Persistent"])
+            if "Ephemeral" not in modes:
+                raise ctx.failed(volume, f'volume mode "Ephemeral" not supported by driver {driver_name} '
+                                         f"(only supports {json.dumps(modes)})")
+            context = {str(k): str(v) for k, v in (source.get("volumeAttributes") or {}).items()}
+            context[EPHEMERAL_KEY] = "true"
+            pub = Publication(driver_name, ephemeral_handle(ctx.pod_uid, name), name, bool(source.get("readOnly")),
+                              "SINGLE_NODE_WRITER", str(source.get("fsType") or ""), (), context, True)
+        else:
+            pv = self._persistent_volume(ctx, name)
+            pv_spec = (pv or {}).get("spec") or {}
+            claim_ro = bool(((self._pod_volume(ctx, name) or {}).get("persistentVolumeClaim") or {}).get("readOnly"))
+            pub = Publication(driver_name, str(source["volumeHandle"]),
+                              str(((pv or {}).get("metadata") or {}).get("name") or name),
+                              bool(source.get("readOnly")) or claim_ro,
+                              access_mode(list(pv_spec.get("accessModes") or [])), str(source.get("fsType") or ""),
+                              tuple(str(o) for o in pv_spec.get("mountOptions") or []),
+                              {str(k): str(v) for k, v in (source.get("volumeAttributes") or {}).items()}, False)
+        if driver_spec.get("podInfoOnMount"):
+            pod_spec = ctx.pod.get("spec") or {}
+            pub.volume_context.update({
+                "csi.storage.k8s.io/pod.name": ctx.pod_name, "csi.storage.k8s.io/pod.namespace": ctx.namespace,
+                "csi.storage.k8s.io/pod.uid": ctx.pod_uid,
+                "csi.storage.k8s.io/serviceAccount.name": str(pod_spec.get("serviceAccountName") or "default")})
+        return pub
+
+    @staticmethod
+    def _pod_volume(ctx: VolumeContext, name: str) -> Obj | None:
+        return next((v for v in (ctx.pod.get("spec") or {}).get("volumes") or [] if v.get("name") == name), None)
+
+    def _persistent_volume(self, ctx: VolumeContext, name: str) -> Obj | None:
+        """The PV behind the pod's volume ``name`` (through its claim), or None."""
+        claim_name = ((self._pod_volume(ctx, name) or {}).get("persistentVolumeClaim") or {}).get("claimName")
+        if not claim_name:
+            return None
+        claim = self._lookup("", "persistentvolumeclaims", ctx.namespace, str(claim_name))
+        pv_name = ((claim or {}).get("spec") or {}).get("volumeName")
+        return self._lookup("", "persistentvolumes", "", str(pv_name)) if pv_name else None
+
+    def _driver(self, ctx: VolumeContext, volume: Obj, driver_name: str, verb: str) -> Driver:
+        driver = self.drivers.get(driver_name)
+        if driver is None:
+            detail = (f"kubernetes.io/csi: {verb} failed to get CSI client: driver name {driver_name} not found "
+                      f"in the list of registered CSI drivers")
+            if verb == "mounter.SetUpAt":
+                raise ctx.failed(volume, detail)
+            raise VolumeError("FailedUnmount", f'UnmountVolume.TearDown failed for volume "{volume.get("name")}" : '
+                                               f"{detail}")
+        return driver
+
+    async def setup(self, ctx: VolumeContext, volume: Obj) -> Path:
+        pub = self.publication(ctx, volume)
+        driver = self._driver(ctx, volume, pub.driver, "mounter.SetUpAt")
+        volume_dir = ctx.volume_dir(CSI_DIR, pub.dir_name)
+        target = volume_dir / "mount"
+        volume_dir.mkdir(parents=True, exist_ok=True)
+        (volume_dir / VOL_DATA).write_text(json.dumps({
+            "driverName": pub.driver, "volumeHandle": pub.volume_id, "specVolID": str(volume.get("name")),
+            "volumeLifecycleMode": "Ephemeral" if pub.ephemeral else "Persistent", "nodeName": self.node_name}))
+        capability = csi_pb2.VolumeCapability(
+            mount=csi_pb2.VolumeCapability.MountVolume(fs_type=pub.fs_type, mount_flags=pub.mount_flags),
+            access_mode=csi_pb2.VolumeCapability.AccessMode(
+                mode=csi_pb2.VolumeCapability.AccessMode.Mode.Value(pub.access_mode)))
+        request = csi_pb2.NodePublishVolumeRequest(
+            volume_id=pub.volume_id, target_path=str(target), volume_capability=capability,
+            readonly=pub.read_only, volume_context=pub.volume_context)
+        try:
+            await driver.node.NodePublishVolume(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise ctx.failed(volume, f"kubernetes.io/csi: mounter.SetUpAt failed: {grpc_detail(err)}") from err
+        if not os.path.ismount(target):
+            # The driver said yes, but nothing is mounted where this kubelet (and the pod) would see it: never
+            # hand the pod an empty local directory instead of its volume.
+            raise ctx.failed(volume, (
+                f"kubernetes.io/csi: NodePublishVolume of {pub.driver} succeeded but {target} is not a mount point "
+                "in the kubelet's mount namespace: the driver's mount did not propagate to the node (a real "
+                "cluster needs mountPropagation: Bidirectional on the driver's pods volume; the embedded lab's "
+                "container launcher runs each container in a private mount namespace)"))
+        return target
+
+    async def teardown(self, ctx: VolumeContext, volume: Obj, path: Path) -> None:
+        volume_dir = path.parent
+        try:
+            data = json.loads((volume_dir / VOL_DATA).read_text())
+        except (OSError, ValueError):
+            data = {}
+        driver_name = str(data.get("driverName") or (volume.get("csi") or {}).get("driver") or "")
+        volume_id = str(data.get("volumeHandle") or "")
+        if not volume_id:
+            # Set-up never reached the driver: nothing was published.
+            with contextlib.suppress(OSError):
+                shutil.rmtree(volume_dir)
+            return
+        driver = self._driver(ctx, volume, driver_name, "unmounter.TearDownAt")
+        try:
+            await driver.node.NodeUnpublishVolume(
+                csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(path)), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise VolumeError("FailedUnmount", f'UnmountVolume.TearDown failed for volume "{volume.get("name")}" : '
+                                               f"kubernetes.io/csi: Unmounter.TearDownAt failed: {grpc_detail(err)}"
+                              ) from err
+        if os.path.ismount(path):
+            raise VolumeError("FailedUnmount", f"kubernetes.io/csi: {path} is still mounted after "
+                                               f"NodeUnpublishVolume of {driver_name}")
+        with contextlib.suppress(FileNotFoundError):
+            (volume_dir / VOL_DATA).unlink()
+        for leftover in (path, volume_dir):  # the driver should have removed the target (the SP deletes it)
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+
+    async def close(self) -> None:
+        for driver in list(self.drivers.values()):
+            with contextlib.suppress(Exception):
+                await driver.channel.close()
+        self.drivers.clear()
+
