@@ -234,7 +234,7 @@ def _pid_path(target: Path) -> Path:
 
 
 def _mount_fuse(location: NfsLocation, subdir: str, target: Path, read_only: bool, extra: list[str]) -> None:
-    argv = [sys.executable, "-m", "meshlab.cli", "mount-nfs", "--server", location.server,
+    argv = [sys.executable, "-m", "meshlab.mounting", "mount-nfs", "--server", location.server,
             "--export", location.export, "--port", str(location.port), "--nfs-version", str(location.version),
             "--subdir", subdir]
     if read_only:
