@@ -1,0 +1,251 @@
+"""``meshlab storage install|uninstall|status``: NFS server, CSI driver and StorageClass, from the manifests.
+
+Installing applies ``nfs-server.yaml`` (namespace ``meshlab-storage``, the NFS server Deployment and Service),
+waits for the server to be Ready, then applies ``csi-nfs.yaml`` (CSIDriver, controller Deployment with the
+driver and the provisioner, node DaemonSet with the driver and the registrar, StorageClass ``meshlab-nfs``)
+plus ``csi-nfs-rbac.yaml`` where the cluster serves RBAC, and waits until every node's CSINode lists the driver
+(the kubelet registered it through the registrar's socket) — the same steps a ``kubectl apply`` on a real
+cluster takes. Two things differ in the embedded lab, and only in the objects, not in the files: its Services
+carry no NFS traffic (the lab's kube-proxy forwards HTTP), so the StorageClass names the NFS server pod's
+address; and the export lives in ``<lab>/storage/nfs-data`` rather than an emptyDir, so a restarted server
+pod keeps its files. The functions take a :class:`meshlab.lab.Lab` handle; building the objects is pure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from meshlab.errors import LabError
+from meshlab.storage import manifests
+
+if TYPE_CHECKING:  # driven through a Lab handle; storage never imports the lab machinery itself
+    from meshlab.lab import Lab
+
+Obj = dict[str, Any]
+
+MANIFESTS = Path(manifests.__file__).parent
+NFS_SERVER = MANIFESTS / "nfs-server.yaml"
+CSI_NFS = MANIFESTS / "csi-nfs.yaml"
+CSI_NFS_RBAC = MANIFESTS / "csi-nfs-rbac.yaml"
+NAMESPACE = "meshlab-storage"
+DRIVER = "nfs.csi.meshlab.io"
+STORAGE_CLASS = "meshlab-nfs"
+SERVER_DEPLOYMENT = "nfs-server"
+CONTROLLER = "csi-nfs-controller"
+NODE_DAEMONSET = "csi-nfs-node"
+NFS_VERSIONS = {"python": "3", "ganesha": "4"}
+
+
+def documents(path: Path) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def nfs_server_objects(*, data_dir: Path | None = None, backend: str = "python") -> list[Obj]:
+    """``nfs-server.yaml``'s objects; ``data_dir`` puts the export on that host directory (the lab's)."""
+    if backend not in NFS_VERSIONS:
+        raise LabError(f"unknown NFS server backend {backend!r} (python or ganesha)")
+    docs = documents(NFS_SERVER)
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        args = list(container["args"])
+        args[args.index("--backend") + 1] = backend
+        container["args"] = args
+        if data_dir is not None:
+            pod["volumes"] = [{"name": "data", "hostPath": {"path": str(data_dir), "type": "DirectoryOrCreate"}}
+                              if v["name"] == "data" else v for v in pod["volumes"]]
+    return docs
+
+
+def csi_objects(*, server: str | None = None, backend: str = "python") -> list[Obj]:
+    """``csi-nfs.yaml``'s objects; ``server`` replaces the StorageClass's NFS server (the lab's pod address)."""
+    docs = documents(CSI_NFS)
+    for doc in docs:
+        if doc["kind"] == "StorageClass":
+            if server:
+                doc["parameters"]["server"] = server
+            doc["parameters"]["version"] = NFS_VERSIONS[backend]
+    return docs
+
+
+def storage_class(docs: list[Obj]) -> Obj:
+    return next(d for d in docs if d["kind"] == "StorageClass")
+
+
+def serves_rbac(lab: Lab) -> bool:
+    groups = client.ApisApi(lab.clients.api_client).get_api_versions().groups or []
+    return any(g.name == "rbac.authorization.k8s.io" for g in groups)
+
+
+def _plain(lab: Lab, obj: Any) -> Any:
+    return lab.clients.api_client.sanitize_for_serialization(obj)
+
+
+def server_pod_address(lab: Lab) -> str:
+    """The ready NFS server pod's IP."""
+    pods = _plain(lab, lab.clients.core.list_namespaced_pod(NAMESPACE, label_selector="app=nfs-server"))
+    for pod in pods.get("items") or []:
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if ready and status.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+            return str(status["podIP"])
+    raise LabError(f"no ready NFS server pod in {NAMESPACE}")
+
+
+def _replace_changed_class(lab: Lab, wanted: Obj) -> None:
+    """StorageClass parameters are immutable: delete a class whose parameters must change (e.g. a new server
+    address after the server pod was replaced) so that the apply creates it afresh."""
+    try:
+        current = _plain(lab, lab.clients.storage.read_storage_class(wanted["metadata"]["name"]))
+    except ApiException as err:
+        if err.status == 404:
+            return
+        raise LabError(f"reading storageclass {wanted['metadata']['name']} failed: {err.status} {err.reason}") from err
+    if (current.get("parameters") or {}) != wanted.get("parameters") or current.get("provisioner") != wanted.get(
+            "provisioner") or current.get("reclaimPolicy") != wanted.get("reclaimPolicy"):
+        lab.clients.storage.delete_storage_class(wanted["metadata"]["name"])
+
+
+def install(lab: Lab, *, timeout: float = 120, backend: str = "python") -> list[str]:
+    """Deploy the NFS server and the CSI driver, wait until the driver is registered on every node; returns
+    ``kind/name`` of what was applied."""
+    embedded = lab.embedded is not None
+    data_dir = lab.embedded.path / "storage" / "nfs-data" if lab.embedded is not None else None
+    applied = lab.apply(nfs_server_objects(data_dir=data_dir, backend=backend))
+    lab.wait_ready("deployment", SERVER_DEPLOYMENT, namespace=NAMESPACE, timeout=timeout)
+    docs = csi_objects(server=server_pod_address(lab) if embedded else None, backend=backend)
+    _replace_changed_class(lab, storage_class(docs))
+    applied += lab.apply(docs)
+    if serves_rbac(lab):
+        applied += lab.apply(CSI_NFS_RBAC.read_text())
+    lab.wait_ready("deployment", CONTROLLER, namespace=NAMESPACE, timeout=timeout)
+    lab.wait_ready("daemonset", NODE_DAEMONSET, namespace=NAMESPACE, timeout=timeout)
+    wait_registered(lab, timeout=timeout)
+    return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
+
+
+def registered_nodes(lab: Lab) -> dict[str, bool]:
+    """Node name -> whether its CSINode lists the driver."""
+    nodes = [n["metadata"]["name"] for n in _plain(lab, lab.clients.core.list_node()).get("items") or []]
+    csinodes = {c["metadata"]["name"]: c for c in _plain(lab, lab.clients.storage.list_csi_node()).get("items") or []}
+    return {name: any(d.get("name") == DRIVER for d in ((csinodes.get(name) or {}).get("spec") or {}).get("drivers")
+                      or []) for name in nodes}
+
+
+def wait_registered(lab: Lab, *, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = registered_nodes(lab)
+        missing = sorted(name for name, ok in nodes.items() if not ok)
+        if nodes and not missing:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the kubelet of {', '.join(missing) or 'no node'} has not registered {DRIVER} after "
+                           f"{timeout:.0f}s (no CSINode entry): see `kubectl -n {NAMESPACE} logs ds/{NODE_DAEMONSET} "
+                           "-c csi-registrar`")
+        time.sleep(0.2)
+
+
+def claims_of_class(lab: Lab) -> list[str]:
+    claims = _plain(lab, lab.clients.core.list_persistent_volume_claim_for_all_namespaces()).get("items") or []
+    return sorted(f"{c['metadata']['namespace']}/{c['metadata']['name']}" for c in claims
+                  if (c.get("spec") or {}).get("storageClassName") == STORAGE_CLASS)
+
+
+def uninstall(lab: Lab, *, force: bool = False, timeout: float = 60) -> list[str]:
+    """Remove the driver, the StorageClass and the NFS server (its namespace); refuses while claims of
+    ``meshlab-nfs`` exist unless ``force`` (their volumes could then never be deleted by the driver)."""
+    claims = claims_of_class(lab)
+    if claims and not force:
+        raise LabError(f"claims of {STORAGE_CLASS} still exist ({', '.join(claims)}): delete them first, or "
+                       "uninstall with --force (their volumes' directories then stay on the export)")
+    deleted = lab.delete(csi_objects())
+    if serves_rbac(lab):
+        deleted += lab.delete(CSI_NFS_RBAC.read_text())
+    deleted += lab.delete(documents(NFS_SERVER))
+    deadline = time.monotonic() + timeout
+    while _namespace_exists(lab):
+        if time.monotonic() > deadline:
+            raise LabError(f"namespace {NAMESPACE} is still terminating after {timeout:.0f}s")
+        time.sleep(0.2)
+    return deleted
+
+
+def _namespace_exists(lab: Lab) -> bool:
+    try:
+        lab.clients.core.read_namespace(NAMESPACE)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise LabError(f"reading namespace {NAMESPACE} failed: {err.status} {err.reason}") from err
+    return True
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    server: str                    # "1/1 ready", "not installed"
+    controller: str
+    node: str                      # "1/1 ready"
+    storage_class: dict[str, str]  # its parameters, {} when missing
+    registered: dict[str, bool]    # node -> CSINode lists the driver
+    claims: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        parts = (self.server, self.controller, self.node)
+        return (all(p.endswith(" ready") and not p.startswith("0/") for p in parts) and bool(self.storage_class)
+                and bool(self.registered) and all(self.registered.values()))
+
+
+def _deployment(lab: Lab, name: str) -> str:
+    try:
+        dep = _plain(lab, lab.clients.apps.read_namespaced_deployment(name, NAMESPACE))
+    except ApiException as err:
+        if err.status == 404:
+            return "not installed"
+        raise LabError(f"reading deployment {name} failed: {err.status} {err.reason}") from err
+    return f"{(dep.get('status') or {}).get('readyReplicas') or 0}/{dep['spec'].get('replicas', 1)} ready"
+
+
+def status(lab: Lab) -> StorageStatus:
+    try:
+        ds = _plain(lab, lab.clients.apps.read_namespaced_daemon_set(NODE_DAEMONSET, NAMESPACE))
+        ds_status = ds.get("status") or {}
+        node = f"{ds_status.get('numberReady') or 0}/{ds_status.get('desiredNumberScheduled') or 0} ready"
+    except ApiException as err:
+        if err.status != 404:
+            raise LabError(f"reading daemonset {NODE_DAEMONSET} failed: {err.status} {err.reason}") from err
+        node = "not installed"
+    try:
+        sc = _plain(lab, lab.clients.storage.read_storage_class(STORAGE_CLASS))
+        parameters = dict(sc.get("parameters") or {})
+    except ApiException as err:
+        if err.status != 404:
+            raise LabError(f"reading storageclass {STORAGE_CLASS} failed: {err.status} {err.reason}") from err
+        parameters = {}
+    return StorageStatus(_deployment(lab, SERVER_DEPLOYMENT), _deployment(lab, CONTROLLER), node, parameters,
+                         registered_nodes(lab), claims_of_class(lab))
+
+
+def format_status(s: StorageStatus) -> str:
+    lines = [f"deployment {NAMESPACE}/{SERVER_DEPLOYMENT}: {s.server}",
+             f"deployment {NAMESPACE}/{CONTROLLER}: {s.controller}",
+             f"daemonset {NAMESPACE}/{NODE_DAEMONSET}: {s.node}"]
+    if s.storage_class:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(s.storage_class.items()))
+        lines.append(f"storageclass {STORAGE_CLASS}: {params}")
+    else:
+        lines.append(f"storageclass {STORAGE_CLASS}: missing")
+    lines += [f"node {name}: {DRIVER} {'registered' if ok else 'NOT registered'}" for name, ok in
+              sorted(s.registered.items())]
+    lines.append(f"claims of {STORAGE_CLASS}: {len(s.claims)}" + (f" ({', '.join(s.claims)})" if s.claims else ""))
+    return "\n".join(lines)
