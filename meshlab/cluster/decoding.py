@@ -427,6 +427,10 @@ class Decoder:
                     path, value, f"{path} in body should be at least {schema['minLength']} chars long"))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             causes.extend(_bound_checks(value, schema, path))
+        elif isinstance(value, dict) and schema.get("type") is None and "properties" not in schema:
+            # A bare ``{required: [...]}`` (the usual oneOf/anyOf branch: "exactly one of exact, prefix, regex")
+            # has no object schema of its own to check its keys with.
+            causes.extend(fe.required(fe.child(path, key)) for key in schema.get("required") or () if key not in value)
         for sub in schema.get("allOf") or ():
             causes.extend(self._check(value, sub, path))
         if schema.get("anyOf") and all(self._check(value, s, path) for s in schema["anyOf"]):

@@ -385,6 +385,8 @@ VIRTUAL_SERVICE_CRD: Obj = {
                         "retries": {"type": "object", "properties": {
                             "attempts": {"type": "integer", "minimum": 0, "maximum": 10}}},
                         "port": {"x-kubernetes-int-or-string": True},
+                        "uri": {"type": "object", "properties": {k: {"type": "string"} for k in ("exact", "regex")},
+                                "oneOf": [{"required": ["exact"]}, {"required": ["regex"]}]},
                         "headers": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                         "route": {"type": "array", "items": {"type": "object", "properties": {
                             "weight": {"type": "integer", "format": "int32"}}}}}}},
@@ -426,6 +428,12 @@ CUSTOM_INVALID = [
     ("[Error] int-or-string given a list", lambda o: o["spec"]["http"][0].update(port=[80]),
      [("spec.http[0].port", 'Invalid value: "array": spec.http[0].port in body must be of type '
                             'integer,string: "array"')]),
+    ("[Error] oneOf: both branches", lambda o: o["spec"]["http"][0].update(uri={"exact": "/a", "regex": "/b"}),
+     [("spec.http[0].uri", 'Invalid value: map[string]string{"exact":"/a", "regex":"/b"}: spec.http[0].uri in body '
+                           "must validate one and only one schema (oneOf)")]),
+    ("[Error] oneOf: neither branch", lambda o: o["spec"]["http"][0].update(uri={}),
+     [("spec.http[0].uri", "Invalid value: map[string]string{}: spec.http[0].uri in body "
+                           "must validate one and only one schema (oneOf)")]),
     ("[Error] embedded resource without kind", lambda o: o["spec"].update(template={"apiVersion": "v1"}),
      [("spec.template.kind", "Required value: must not be empty")]),
 ]
@@ -439,6 +447,12 @@ def test_custom_resources_are_validated_against_their_crd(change: Callable[[Obj]
         prepare(SCHEMAS, VS_RT, vs(change))
     assert [(c.field, c.message) for c in caught.value.causes] == expected
     assert caught.value.details["group"] == "networking.istio.io"
+
+
+@pytest.mark.parametrize("uri", [{"exact": "/a"}, {"regex": "/reviews/.*"}], ids=["exact", "regex"])
+def test_a_one_of_branch_that_only_requires_a_key_accepts_that_key(uri: Obj) -> None:
+    out, _ = prepare(SCHEMAS, VS_RT, vs(lambda o: o["spec"]["http"][0].update(uri=uri)))
+    assert out["spec"]["http"][0]["uri"] == uri
 
 
 def test_custom_resources_are_pruned_defaulted_and_normalised() -> None:
