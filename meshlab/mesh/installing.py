@@ -29,6 +29,7 @@ from kubernetes.client.rest import ApiException
 
 from meshlab.errors import LabError
 from meshlab.mesh import manifests
+from meshlab.mesh.citadel.settings import SecuritySettings, mesh_data
 from meshlab.mesh.injection import MESH_CONFIGMAP, InjectionConfig, Mode, config_from_mesh, mesh_configmap
 
 if TYPE_CHECKING:  # the mesh is driven through a Lab handle but never imports the lab machinery itself
@@ -39,6 +40,9 @@ CRDS = MANIFESTS / "crds.yaml"
 SECURITY_CRDS = MANIFESTS / "crds-security.yaml"  # PeerAuthentication, AuthorizationPolicy
 PILOT = MANIFESTS / "pilot.yaml"
 PILOT_RBAC = MANIFESTS / "pilot-rbac.yaml"
+CITADEL = MANIFESTS / "citadel.yaml"
+CITADEL_RBAC = MANIFESTS / "citadel-rbac.yaml"
+CITADEL_NAME = "istio-citadel"
 NAMESPACE = "istio-system"
 ISTIOD = "istiod"
 DEBUG_PORT = 8080
@@ -76,27 +80,32 @@ def mesh_config(lab: Lab) -> InjectionConfig | None:
     return config_from_mesh(data)
 
 
-def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None) -> list[str]:
-    """Apply the CRDs, the mesh config (``mode``: detected from the nodes when None) and the control plane,
-    wait until istiod is Ready; returns ``kind/name`` applied."""
+def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None,
+            security: SecuritySettings | None = None) -> list[str]:
+    """Apply the CRDs, the mesh config (``mode``: detected from the nodes when None; ``security``: trust domain,
+    workload certificate TTL and CA address, defaults when None) and the control plane (Pilot, then Citadel),
+    wait until istiod and istio-citadel are Ready; returns ``kind/name`` applied."""
     pilot = [doc for doc in yaml.safe_load_all(PILOT.read_text()) if doc]
     config = mesh_configmap(InjectionConfig(mode=mode or cluster_mode(lab)))
+    config["data"].update(mesh_data(security or SecuritySettings()))
     # Right after the Namespace, so the injector reads it before it serves its first pod.
     at = next((i + 1 for i, doc in enumerate(pilot) if doc.get("kind") == "Namespace"), 0)
     applied = lab.apply(CRDS.read_text()) + lab.apply(SECURITY_CRDS.read_text())
     applied += lab.apply([*pilot[:at], config, *pilot[at:]])
     if serves_rbac(lab):
-        applied += lab.apply(PILOT_RBAC.read_text())
+        applied += lab.apply(PILOT_RBAC.read_text()) + lab.apply(CITADEL_RBAC.read_text())
+    applied += lab.apply(CITADEL.read_text())
     lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)
+    lab.wait_ready("deployment", CITADEL_NAME, namespace=NAMESPACE, timeout=timeout)
     return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
 
 
 def uninstall(lab: Lab, *, purge: bool = False, timeout: float = 60) -> list[str]:
     """Remove the control plane (its namespace, and its RBAC where served) and wait until the namespace is
     gone; with ``purge`` also the CRDs — which deletes every VirtualService and DestinationRule."""
-    deleted = lab.delete(PILOT.read_text())
+    deleted = lab.delete(CITADEL.read_text()) + lab.delete(PILOT.read_text())
     if serves_rbac(lab):
-        deleted += lab.delete(PILOT_RBAC.read_text())
+        deleted += lab.delete(PILOT_RBAC.read_text()) + lab.delete(CITADEL_RBAC.read_text())
     if purge:
         deleted += lab.delete(CRDS.read_text()) + lab.delete(SECURITY_CRDS.read_text())
     deadline = time.monotonic() + timeout

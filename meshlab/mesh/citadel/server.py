@@ -162,6 +162,28 @@ def server_credentials(authority: CertificateAuthority, dns_names: Sequence[str]
     return grpc.ssl_server_credentials([(private_key_pem(key), certificates_pem(chain))])
 
 
+class ServingCertificate:
+    """Citadel's own TLS identity, re-issued when the CA changes (a rotated root must not strand clients that
+    only trust the new one): gRPC asks :meth:`_fetch` at each handshake whether there is a new certificate."""
+
+    def __init__(self, authority: CertificateAuthority, dns_names: Sequence[str], ips: Sequence[str] = ()) -> None:
+        self._names = list(dns_names)
+        self._ips = list(ips)
+        self._pending: Any = None
+        self.credentials = grpc.dynamic_ssl_server_credentials(self._configuration(authority), self._fetch)
+
+    def _configuration(self, authority: CertificateAuthority) -> Any:
+        key, chain = authority.issue_server_certificate(self._names, self._ips)
+        return grpc.ssl_server_certificate_configuration([(private_key_pem(key), certificates_pem(chain))])
+
+    def reissue(self, authority: CertificateAuthority) -> None:
+        self._pending = self._configuration(authority)
+
+    def _fetch(self) -> Any:
+        pending, self._pending = self._pending, None
+        return pending
+
+
 async def serve(service: CertificateService, *, credentials: grpc.ServerCredentials, host: str = "127.0.0.1",
                 port: int = 0) -> tuple[grpc.aio.Server, int]:
     """Start the TLS gRPC server on ``host:port`` (0 = any free port); returns it and its port."""

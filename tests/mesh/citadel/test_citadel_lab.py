@@ -1,0 +1,142 @@
+"""Citadel as a pod in the embedded lab (``meshlab mesh install`` deploys ``citadel.yaml``): it publishes the trust
+bundle into a new namespace, a service account's token gets a certificate for exactly that account (found
+through the API when DNS fails, as the proxy finds it), a forged CSR still gets the caller's own identity, no
+or a bad token is UNAUTHENTICATED, and ``meshlab citadel rotate-root`` keeps old and new certificates valid."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import meshlab.lab
+from meshlab import cli
+from meshlab.mesh import installing
+from meshlab.mesh.citadel import ca_pb2
+from meshlab.mesh.citadel.ca import build_csr, generate_key, load_certificates
+from meshlab.mesh.citadel.client import METHOD, CertificateProvider, WorkloadCertificate
+from meshlab.mesh.citadel.publishing import CONFIGMAP, KEY
+from meshlab.mesh.citadel.verification import verify_chain
+from meshlab.mesh.proxy.main import ApiResolver
+from tests.conftest import RunningLab
+
+pytestmark = pytest.mark.slow
+CA_ADDRESS = "istio-citadel.istio-system.svc:15012"
+
+
+@pytest.fixture(scope="module")
+def mesh(lab: RunningLab) -> Iterator[tuple[meshlab.lab.Lab, str]]:
+    handle = meshlab.lab.connect(lab.kubeconfig)
+    namespace = "citadel-" + os.urandom(2).hex()
+    try:
+        installing.install(handle, timeout=60)
+        handle.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        handle.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web"}}, namespace=namespace)
+        yield handle, namespace
+    finally:
+        handle.delete("namespace", namespace)
+        installing.uninstall(handle)
+        handle.close()
+
+
+def bundle(handle: meshlab.lab.Lab, namespace: str, *, roots: int = 1, timeout: float = 20) -> bytes:
+    """The namespace's ``istio-ca-root-cert`` once it holds ``roots`` certificates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = handle.clients.core.read_namespaced_config_map(CONFIGMAP, namespace).data or {}
+            pem = str(data.get(KEY) or "").encode()
+            if len(load_certificates(pem)) == roots:
+                return pem
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{namespace}/{CONFIGMAP} does not hold {roots} root(s)")
+        time.sleep(0.2)
+
+
+def token(handle: meshlab.lab.Lab, namespace: str, account: str = "web") -> str:
+    # What the kubelet projects into a pod for Istio (audience istio-ca).
+    request = {"spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}}
+    return str(handle.clients.core.create_namespaced_service_account_token(account, namespace, request).status.token)
+
+
+def certificate(handle: meshlab.lab.Lab, namespace: str, tmp_path: Path, roots: bytes) -> WorkloadCertificate:
+    token_path = tmp_path / "istio-token"
+    token_path.write_text(token(handle, namespace))
+    resolve = ApiResolver(namespace, handle.clients.api_client)
+
+    async def main() -> WorkloadCertificate:
+        certs = CertificateProvider(CA_ADDRESS, token_path, ca_roots_pem=roots, ttl=600,
+                                    resolve=lambda: asyncio.to_thread(resolve, CA_ADDRESS),
+                                    trust_domain="cluster.local")
+        return await asyncio.wait_for(certs.request(), 20)
+
+    return asyncio.run(main())
+
+
+def create(handle: meshlab.lab.Lab, namespace: str, roots: bytes, csr: bytes,
+           metadata: tuple[tuple[str, str], ...]) -> list[str]:
+    target = ApiResolver(namespace, handle.clients.api_client)(CA_ADDRESS)
+    options = [("grpc.ssl_target_name_override", "istio-citadel.istio-system.svc"), ("grpc.enable_http_proxy", 0)]
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options) as channel:
+        call = channel.unary_unary(METHOD, request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
+                                   response_deserializer=ca_pb2.IstioCertificateResponse.FromString)
+        response = call(ca_pb2.IstioCertificateRequest(csr=csr.decode(), validity_duration=600), metadata=metadata,
+                        timeout=20)
+        return list(response.cert_chain)
+
+
+def test_the_trust_bundle_reaches_every_namespace(mesh: tuple[meshlab.lab.Lab, str]) -> None:
+    handle, namespace = mesh
+    assert bundle(handle, namespace) == bundle(handle, installing.NAMESPACE)
+
+
+def test_a_service_account_token_gets_its_own_certificate(mesh: tuple[meshlab.lab.Lab, str], tmp_path: Path) -> None:
+    handle, namespace = mesh
+    roots = bundle(handle, namespace)
+    cert = certificate(handle, namespace, tmp_path, roots)
+    assert cert.spiffe_id == f"spiffe://cluster.local/ns/{namespace}/sa/web"
+    verify_chain(cert.chain_pem, roots, trust_domain="cluster.local")
+
+
+def test_a_forged_csr_gets_the_callers_identity(mesh: tuple[meshlab.lab.Lab, str]) -> None:
+    handle, namespace = mesh
+    roots = bundle(handle, namespace)
+    csr = build_csr(generate_key(), uris=["spiffe://cluster.local/ns/istio-system/sa/istio-citadel"])
+    chain = create(handle, namespace, roots, csr, (("authorization", f"Bearer {token(handle, namespace)}"),))
+    assert verify_chain("".join(chain), roots).spiffe_id == f"spiffe://cluster.local/ns/{namespace}/sa/web"
+
+
+@pytest.mark.parametrize("metadata", [
+    pytest.param((), id="[Error] no token"),
+    pytest.param((("authorization", "Bearer not.a.token"),), id="[Error] invalid token"),
+])
+def test_callers_without_a_valid_token_are_unauthenticated(mesh: tuple[meshlab.lab.Lab, str],
+                                                           metadata: tuple[tuple[str, str], ...]) -> None:
+    handle, namespace = mesh
+    with pytest.raises(grpc.RpcError) as caught:
+        create(handle, namespace, bundle(handle, namespace), build_csr(generate_key()), metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_root_rotation_keeps_old_and_new_certificates_valid(mesh: tuple[meshlab.lab.Lab, str],
+                                                            tmp_path: Path, lab: RunningLab) -> None:
+    handle, namespace = mesh
+    old_roots = bundle(handle, namespace)
+    before = certificate(handle, namespace, tmp_path, old_roots)
+    assert cli.main(["citadel", "rotate-root", "--overlap", "1h", "--kubeconfig", str(lab.kubeconfig)]) == 0
+    both = bundle(handle, namespace, roots=2)  # old + new, published by Citadel within seconds
+    assert both.startswith(old_roots)
+    # Citadel's serving certificate comes from the new root too; the client trusts the bundle.
+    after = certificate(handle, namespace, tmp_path, both)
+    verify_chain(before.chain_pem, both, trust_domain="cluster.local")
+    verify_chain(after.chain_pem, both, trust_domain="cluster.local")
+    with pytest.raises(Exception, match="not signed by a trusted root"):
+        verify_chain(after.chain_pem, old_roots)  # really issued by the new root
