@@ -22,9 +22,11 @@ from meshlab.cluster.kubelet import isolation, volumes
 from meshlab.cluster.kubelet import logs as logfiles
 from meshlab.cluster.kubelet.lifecycle import BackOffPolicy
 from meshlab.cluster.kubelet.node import NodeAgent
+from meshlab.cluster.kubelet.pluginwatcher import PluginWatcher
 from meshlab.cluster.kubelet.podnet import PodAddresses
 from meshlab.cluster.kubelet.reaping import Guard
 from meshlab.cluster.kubelet.sandbox import NodeContext
+from meshlab.cluster.kubelet.volume_plugins.csi import CsiPlugin
 from meshlab.cluster.kubelet.worker import PodWorker
 from meshlab.cluster.pki import TokenSigner
 from meshlab.cluster.podio import ExecProcess, LocalProcess, LogOptions
@@ -80,6 +82,11 @@ class Kubelet:
         kubelet_dir = self.state_dir / "kubelet"
         self.node = NodeAgent(rest, node_name, self.state_dir, opts)
         volume_manager, detect = _volume_support(rest, signer, self.state_dir, ca_pem)
+        # CSI node plugins register through sockets in <root>/plugins_registry (the lab's kubelet root is the
+        # lab directory: /var/lib/kubelet/... hostPaths map there).
+        self.csi = CsiPlugin(rest, node_name=node_name, root_dir=self.state_dir, opts=opts)
+        volume_manager.register(self.csi)
+        self.plugin_watcher = PluginWatcher(self.state_dir / "plugins_registry", {"CSIPlugin": self.csi})
         self.ctx = NodeContext(
             rest=rest, opts=opts, node_name=node_name, state_dir=self.state_dir,
             apiserver=(url.hostname or "127.0.0.1", url.port or 443), proxy_url=proxy_url,
@@ -126,6 +133,7 @@ class Kubelet:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._tasks.append(asyncio.create_task(self.node.run(), name="kubelet-heartbeat"))
+        self.plugin_watcher.start()  # plugins are recorded in the Node's CSINode: the Node must exist first
         mine = [pod for pod, _ in self.rest.store.scan("/pods") if self._bound_here(pod)]
         self._collect_garbage({str(p["metadata"]["uid"]) for p in mine})
         for pod in mine:
@@ -196,11 +204,13 @@ class Kubelet:
         for watcher in [self._watcher, *self._dependencies]:
             if watcher is not None:
                 self.rest.store.unwatch(watcher)
+        await self.plugin_watcher.stop()
         workers = list(self.workers.values())
         await asyncio.gather(*(w.shutdown(self.stop_grace) for w in workers), return_exceptions=True)
         self.workers.clear()
         with contextlib.suppress(ApiError, Exception):
             await self.node.post_status(ready=False)
+        await self.csi.close()
         self.ctx.guard.close()
         self.ctx.addresses.release_network()
 
