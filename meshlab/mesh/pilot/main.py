@@ -90,7 +90,9 @@ async def run_pilot(*, host: str, xds_port: int = XDS_PORT, debug_port: int = DE
     """Serve until cancelled."""
     clients = kube.clients(kubeconfig)
     ads = AdsServer()
-    watcher = Watcher(clients.api_client, ads.set_state)
+    # The mesh's trust domain (mesh config trustDomain; Istio's TRUST_DOMAIN): the SPIFFE IDs Pilot expects.
+    trust_domain = os.environ.get("TRUST_DOMAIN") or "cluster.local"
+    watcher = Watcher(clients.api_client, ads.set_state, trust_domain=trust_domain)
     injector = Injector(clients.api_client, make_credentials(
         service_names(), [host] if host not in ("0.0.0.0", "::") else []))
     grpc_server, bound = await serve(ads, host=host, port=xds_port)

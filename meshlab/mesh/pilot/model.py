@@ -1,12 +1,13 @@
-"""What Pilot knows about the mesh: Services, their endpoints, and the Istio routing resources.
+"""What Pilot knows about the mesh: Services, their endpoints, and the Istio routing and security resources.
 
 A ``MeshState`` is an immutable picture of the cluster, built by ``watching`` from the Kubernetes API
-(Services, Endpoints, VirtualServices, DestinationRules) and handed to ``translation.translate``. It holds
-only what translation needs, in the shape Kubernetes gives it: a Service's ports with their names, and per
-Service the endpoints (pod IP, target port by Service-port name, pod labels) as the Endpoints controller
-computes them. Istio resources are kept as their ``spec`` dicts; the CRD schema has already refused fields
-meshlab does not implement. Host names follow Istio's rule: a short name is relative to the namespace of
-the resource that writes it (https://istio.io/latest/docs/reference/config/networking/virtual-service/#VirtualService).
+(Services, Endpoints, VirtualServices, DestinationRules, PeerAuthentications, AuthorizationPolicies) and
+handed to ``translation.translate``. It holds only what translation needs, in the shape Kubernetes gives it:
+a Service's ports with their names, and per Service the endpoints (pod IP, target port by Service-port name,
+pod labels, service account, whether the pod has a sidecar) as the Endpoints controller computes them. Istio
+resources are kept as their ``spec`` dicts; the CRD schema has already refused fields meshlab does not
+implement. Host names follow Istio's rule: a short name is relative to the namespace of the resource that
+writes it (https://istio.io/latest/docs/reference/config/networking/virtual-service/#VirtualService).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Endpoint:
     ready: bool = True
     pod: str = ""
     namespace: str = ""
+    service_account: str = ""  # the pod's spec.serviceAccountName: its SPIFFE identity when it has a sidecar
+    sidecar: bool = False  # the pod was injected (Istio's label security.istio.io/tlsMode=istio)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,25 @@ class DestinationRule:
 
 
 @dataclass(frozen=True)
+class PeerAuthentication:
+    name: str
+    namespace: str
+    spec: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AuthorizationPolicy:
+    name: str
+    namespace: str
+    spec: Mapping[str, Any]
+
+
+#: Istio's defaults: the mesh's trust domain and the root namespace whose selector-less policies are mesh-wide.
+TRUST_DOMAIN = "cluster.local"
+ROOT_NAMESPACE = "istio-system"
+
+
+@dataclass(frozen=True)
 class MeshState:
     """Everything translation reads. ``endpoints`` is keyed by ``(namespace, service name)``."""
 
@@ -77,6 +99,10 @@ class MeshState:
     endpoints: Mapping[tuple[str, str], tuple[Endpoint, ...]] = field(default_factory=dict)
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    trust_domain: str = TRUST_DOMAIN
+    root_namespace: str = ROOT_NAMESPACE
 
     def service(self, host: str) -> Service | None:
         """The Service whose FQDN is ``host``."""

@@ -8,8 +8,10 @@ subset's own policy overriding it field by field) sets the load balancer, circui
 outlier detection. One ``virtualOutbound`` listener (15001) uses the route configuration ``outbound``: one
 virtual host per service port answering to every name of the service (``name`` and ``name:port`` only in
 the proxy's own namespace, as Istio), with the VirtualService's routes or Istio's default route. Inbound,
-``virtualInbound`` (15006) has a filter chain per port this pod serves, whose route ``inbound|<port>``
-leads to cluster ``inbound|<port>||`` — the application at the node's ``APP_ADDRESS``.
+``virtualInbound`` (15006) has filter chains per port this pod serves (plaintext and/or mTLS as its
+PeerAuthentication says, :mod:`security`; the RBAC filters of its AuthorizationPolicies, :mod:`authz`), whose
+route ``inbound|<port>`` leads to cluster ``inbound|<port>||`` — the application at the node's
+``APP_ADDRESS``. Clusters whose endpoints include sidecars get auto-mTLS transport socket matches.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from meshlab.errors import XdsError
+from meshlab.mesh.pilot import authz, security
 from meshlab.mesh.pilot.model import Endpoint, MeshState, Service, parse_duration
 from meshlab.mesh.pilot.routes import FAULT_FILTER, default_route, duration, http_routes
 from meshlab.mesh.pilot.snapshot import Snapshot
@@ -65,7 +68,7 @@ Spec = Mapping[str, Any]
 def translate(state: MeshState, proxy: ProxyIdentity) -> Snapshot:
     """Every Cluster, ClusterLoadAssignment, Listener and RouteConfiguration ``proxy`` should have."""
     resources: list[Message] = []
-    problems: list[XdsError] = []
+    problems: list[XdsError] = security.check_policies(state)
     virtual_hosts: list[rc.VirtualHost] = []
     for service in sorted(state.services, key=lambda s: s.key):
         dr = state.destination_rule_for(service.fqdn, proxy.namespace)
@@ -77,11 +80,17 @@ def translate(state: MeshState, proxy: ProxyIdentity) -> Snapshot:
             for subset in [{}, *subsets]:
                 name = outbound_cluster(port, str(subset.get("name") or ""), service.fqdn)
                 policy = {**top_policy, **(subset.get("trafficPolicy") or {})}
-                resources.append(_cluster(name, policy))
+                cluster = _cluster(name, policy)
                 members = [e for e in state.endpoints_of(service)
                            if e.ready and _selects(subset.get("labels") or {}, e.labels)]
-                resources.append(_assignment(name, [(e.ip, e.port_by_name.get(service_port.name), e.labels)
-                                                    for e in members]))
+                targets = [(e, e.port_by_name.get(service_port.name)) for e in members]
+                mtls = [(e, p, security.endpoint_tls_mode(state, e, p)) for e, p in targets]
+                accounts = [(e.namespace, e.service_account or "default") for e, _, m in mtls if m]
+                if accounts:
+                    sni = security.sni(port, str(subset.get("name") or ""), service.fqdn)
+                    security.transport_socket_matches(cluster, state.trust_domain, accounts, sni)
+                resources.append(cluster)
+                resources.append(_assignment(name, [(e.ip, p, e.labels, m) for e, p, m in mtls]))
             if vs is None:
                 routes = [default_route(outbound_cluster(port, "", service.fqdn))]
             else:
@@ -160,16 +169,31 @@ def _ads() -> config_source_pb2.ConfigSource:
     return source
 
 
-def _assignment(cluster: str, members: Iterable[tuple[str, int | None, Mapping[str, str]]]
+def _assignment(cluster: str, members: Iterable[tuple[str, int | None, Mapping[str, str], bool]]
                 ) -> endpoint_pb2.ClusterLoadAssignment:
     locality = endpoint_components_pb2.LocalityLbEndpoints()
-    for ip, port, labels in sorted(members, key=lambda m: (m[0], m[1] or 0)):
+    for ip, port, labels, mtls in sorted(members, key=lambda m: (m[0], m[1] or 0)):
         if port is None:
             continue  # the pod does not serve this Service port (no such named port): not an endpoint of it
         lb = locality.lb_endpoints.add()
         lb.endpoint.address.socket_address.CopyFrom(address_pb2.SocketAddress(address=ip, port_value=port))
         lb.metadata.filter_metadata["istio"].update(dict(labels))
+        if mtls:
+            security.socket_match_metadata(lb.metadata)
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster, endpoints=[locality])
+
+
+def _http_filter(route_name: str, first: Iterable[hcm_pb2.HttpFilter] = ()) -> listener_components_pb2.Filter:
+    """The HTTP connection manager (RDS ``route_name``): ``first`` (RBAC), then fault, then router."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=route_name, codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(route_config_name=route_name, config_source=_ads()),
+        http_filters=[
+            *first,
+            hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+        ])
+    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
 
 
 def _listener(name: str, port: int, chains: list[tuple[int | None, str]]) -> listener_pb2.Listener:
@@ -177,15 +201,7 @@ def _listener(name: str, port: int, chains: list[tuple[int | None, str]]) -> lis
     listener = listener_pb2.Listener(name=name)
     listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=port))
     for destination_port, route_name in chains:
-        hcm = hcm_pb2.HttpConnectionManager(
-            stat_prefix=route_name, codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-            rds=hcm_pb2.Rds(route_config_name=route_name, config_source=_ads()),
-            http_filters=[
-                hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())),
-                hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
-            ])
-        chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))])
+        chain = listener_components_pb2.FilterChain(filters=[_http_filter(route_name)])
         if destination_port is not None:
             chain.filter_chain_match.destination_port.value = destination_port
         listener.filter_chains.append(chain)
@@ -204,16 +220,29 @@ def _inbound(state: MeshState, proxy: ProxyIdentity) -> tuple[list[Message], lis
                              "APP_ADDRESS: inbound traffic has nowhere to go (no inbound listener sent)")]
     host, _, app_port = proxy.app_address.partition(":")
     resources: list[Message] = []
+    problems: list[XdsError] = []
+    try:
+        rbac = authz.rbac_filters(state, proxy.namespace, proxy.labels)
+    except XdsError as err:
+        # Fail closed: a policy Pilot cannot translate must not open the workload up (Istio does the same for
+        # a DENY policy it cannot build: it denies everything).
+        problems.append(XdsError(f"{err}; inbound traffic to {proxy.node_id} denied"))
+        rbac = authz.deny_all()
+    listener = listener_pb2.Listener(name=INBOUND_LISTENER, listener_filters=[security.tls_inspector()])
+    listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=INBOUND_PORT))
     for port in ports:
         cluster = inbound_cluster(port)
         resources.append(_cluster(cluster, {}))
-        resources.append(_assignment(cluster, [(host, int(app_port) if app_port else port, proxy.labels)]))
+        resources.append(_assignment(cluster, [(host, int(app_port) if app_port else port, proxy.labels, False)]))
         action = rc.RouteAction(cluster=cluster, timeout=duration(0))
         resources.append(route_pb2.RouteConfiguration(name=inbound_route(port), virtual_hosts=[rc.VirtualHost(
             name=f"inbound|http|{port}", domains=["*"],
             routes=[rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)])]))
-    resources.append(_listener(INBOUND_LISTENER, INBOUND_PORT, [(p, inbound_route(p)) for p in ports]))
-    return resources, []
+        mode = security.mtls_mode(state, proxy.namespace, proxy.labels, port)
+        listener.filter_chains.extend(security.inbound_chains(port, mode, state.trust_domain,
+                                                              [_http_filter(inbound_route(port), rbac)]))
+    resources.append(listener)
+    return resources, problems
 
 
 def _is_proxy(endpoint: Endpoint, proxy: ProxyIdentity) -> bool:

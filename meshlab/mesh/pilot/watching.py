@@ -1,4 +1,4 @@
-"""Pilot's view of the cluster: list-then-watch five kinds, rebuild ``MeshState``, debounce, publish.
+"""Pilot's view of the cluster: list-then-watch seven kinds, rebuild ``MeshState``, debounce, publish.
 
 A controller keeps a cache in step with the API server by the list-watch protocol
 (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes): LIST returns
@@ -6,13 +6,15 @@ the collection and its ``resourceVersion``; WATCH from that version streams ADDE
 (and BOOKMARKs that only advance the version); when the server has compacted past the version, the watch
 ends with ``410 Gone`` and the client must LIST again and replace its cache. Pilot watches Services,
 EndpointSlices (which pod IPs serve a Service, on which target ports, ready or not), Pods (their labels, which
-DestinationRule subsets select), and ``networking.istio.io/v1`` VirtualServices and DestinationRules, as
-istiod's kube registry and config controller do. Changes come in bursts (a rollout touches pods, slices and
-endpoints within milliseconds), so, like istiod's ``PILOT_DEBOUNCE_AFTER`` (100 ms) and
-``PILOT_DEBOUNCE_MAX`` (10 s here 1 s), Pilot waits for a quiet moment before translating and pushing.
-The core is pure — :class:`Cache` applies list results and events, :func:`state_from` turns raw API objects
-into a ``MeshState`` — and :class:`Watcher` is the thin shell: one thread per kind running the official
-client's ``watch.Watch().stream`` (it is synchronous), handing events to the asyncio loop that owns the cache.
+DestinationRule subsets select, their service account and sidecar), ``networking.istio.io/v1``
+VirtualServices and DestinationRules, and ``security.istio.io/v1`` PeerAuthentications and
+AuthorizationPolicies (absent CRDs count as empty), as istiod's kube registry and config controller do.
+Changes come in bursts (a rollout touches pods, slices and endpoints within milliseconds), so, like
+istiod's ``PILOT_DEBOUNCE_AFTER`` (100 ms) and ``PILOT_DEBOUNCE_MAX`` (10 s here 1 s), Pilot waits
+for a quiet moment before translating and pushing. The core is pure — :class:`Cache` applies list results
+and events, :func:`state_from` turns raw API objects into a ``MeshState`` — and :class:`Watcher` is the
+thin shell: one thread per kind running the official client's ``watch.Watch().stream`` (it is
+synchronous), handing events to the asyncio loop that owns the cache.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from meshlab.mesh.pilot.model import DestinationRule, Endpoint, MeshState, Service, ServicePort, VirtualService
+from meshlab.mesh.pilot.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    Endpoint,
+    MeshState,
+    PeerAuthentication,
+    Service,
+    ServicePort,
+    VirtualService,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,17 @@ ENDPOINT_SLICES = Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslice
 PODS = Kind("Pod", "", "v1", "pods")
 VIRTUAL_SERVICES = Kind("VirtualService", "networking.istio.io", "v1", "virtualservices")
 DESTINATION_RULES = Kind("DestinationRule", "networking.istio.io", "v1", "destinationrules")
-WATCHED: tuple[Kind, ...] = (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, DESTINATION_RULES)
+PEER_AUTHENTICATIONS = Kind("PeerAuthentication", "security.istio.io", "v1", "peerauthentications")
+AUTHORIZATION_POLICIES = Kind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies")
+WATCHED: tuple[Kind, ...] = (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, DESTINATION_RULES,
+                             PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES)
+#: Kinds whose CRD may not be installed: a 404 on LIST counts as "none of them" (istiod skips absent CRDs too).
+OPTIONAL: frozenset[Kind] = frozenset({PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES})
+
+#: The label Istio's injector puts on every pod with a sidecar; Pilot marks its endpoints for auto mTLS.
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+SIDECAR_CONTAINER = "istio-proxy"
+SIDECAR_STATUS = "sidecar.istio.io/status"
 
 #: The label the EndpointSlice controller puts on every slice: the Service it belongs to.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -73,7 +94,7 @@ def _key(obj: Obj) -> Key:
 # -- pure: raw API objects -> MeshState ------------------------------------------------------------------------
 
 
-def state_from(objects: Objects) -> MeshState:
+def state_from(objects: Objects, *, trust_domain: str = "cluster.local") -> MeshState:
     """The mesh as translation needs it, from raw API objects (JSON dicts, camelCase) keyed by kind.
 
     ExternalName Services have no endpoints and are left out. An endpoint's labels are its pod's (looked up
@@ -96,7 +117,8 @@ def state_from(objects: Objects) -> MeshState:
             seen = by_ip.get(endpoint.ip)
             if seen is not None:
                 endpoint = Endpoint(endpoint.ip, {**seen.port_by_name, **endpoint.port_by_name}, endpoint.labels,
-                                    endpoint.ready and seen.ready, endpoint.pod, endpoint.namespace)
+                                    endpoint.ready and seen.ready, endpoint.pod, endpoint.namespace,
+                                    endpoint.service_account, endpoint.sidecar)
             by_ip[endpoint.ip] = endpoint
     return MeshState(
         services=services,
@@ -105,6 +127,11 @@ def state_from(objects: Objects) -> MeshState:
                                for (ns, name), o in sorted(objects.get(VIRTUAL_SERVICES, {}).items())),
         destination_rules=tuple(DestinationRule(name, ns, dict(o.get("spec") or {}))
                                 for (ns, name), o in sorted(objects.get(DESTINATION_RULES, {}).items())),
+        peer_authentications=tuple(PeerAuthentication(name, ns, dict(o.get("spec") or {}))
+                                   for (ns, name), o in sorted(objects.get(PEER_AUTHENTICATIONS, {}).items())),
+        authorization_policies=tuple(AuthorizationPolicy(name, ns, dict(o.get("spec") or {}))
+                                     for (ns, name), o in sorted(objects.get(AUTHORIZATION_POLICIES, {}).items())),
+        trust_domain=trust_domain,
     )
 
 
@@ -125,8 +152,18 @@ def _slice_endpoints(slice_: Obj, pods: Mapping[Key, Obj]) -> Iterable[Endpoint]
         pod = pods.get(pod_key) if ref.get("kind", "Pod") == "Pod" else None
         labels = {str(k): str(v) for k, v in (((pod or {}).get("metadata") or {}).get("labels") or {}).items()}
         ready = (entry.get("conditions") or {}).get("ready")
+        account = str(((pod or {}).get("spec") or {}).get("serviceAccountName") or "")
         for ip in entry.get("addresses") or ():
-            yield Endpoint(str(ip), dict(ports), labels, ready is not False, pod_key[1] if ref else "", pod_key[0])
+            yield Endpoint(str(ip), dict(ports), labels, ready is not False, pod_key[1] if ref else "", pod_key[0],
+                           account, has_sidecar(pod or {}))
+
+
+def has_sidecar(pod: Obj) -> bool:
+    """Whether a pod runs Istio's sidecar: the injector's label or status annotation, or an istio-proxy."""
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get(TLS_MODE_LABEL) == "istio" or SIDECAR_STATUS in (meta.get("annotations") or {}):
+        return True
+    return any(c.get("name") == SIDECAR_CONTAINER for c in (pod.get("spec") or {}).get("containers") or ())
 
 
 # -- pure: the cache that list results and watch events update -------------------------------------------------
@@ -189,8 +226,10 @@ class Watcher:
     have synced, and only when the state differs from the last one published."""
 
     def __init__(self, api_client: client.ApiClient, publish: Callable[[MeshState], object], *,
-                 debounce: float = 0.1, debounce_max: float = 1.0, watch_timeout: int = 300) -> None:
+                 debounce: float = 0.1, debounce_max: float = 1.0, watch_timeout: int = 300,
+                 trust_domain: str = "cluster.local") -> None:
         self._api = api_client
+        self._trust_domain = trust_domain
         self._publish = publish
         self._debounce, self._debounce_max = debounce, debounce_max
         self._watch_timeout = watch_timeout
@@ -242,7 +281,7 @@ class Watcher:
         return self.cache.apply(item.kind, item.type, item.obj)
 
     def _publish_if_changed(self) -> None:
-        state = state_from(self.cache.objects())
+        state = state_from(self.cache.objects(), trust_domain=self._trust_domain)
         if state == self.published:
             return
         self.published = state
@@ -282,6 +321,11 @@ class Watcher:
                 while not self._stopping.is_set():
                     version = self._watch_once(kind, lister, version, post)
             except ApiException as err:
+                if err.status == 404 and kind in OPTIONAL:
+                    # The CRD is not installed (yet): nothing of this kind exists. Look again later.
+                    post(_Listed(kind, []))
+                    self._stopping.wait(5.0)
+                    continue
                 if err.status == 410:
                     log.info("watch of %s expired (410 Gone): listing again", kind.plural)
                     continue

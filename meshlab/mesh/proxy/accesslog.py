@@ -9,9 +9,11 @@ format")::
     %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%"
     "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
     %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME%
-    %ROUTE_NAME%
+    %ROUTE_NAME% "%DOWNSTREAM_PEER_URI_SAN%" mtls=<true|false>
 
-(one line). An unknown value prints ``-``; times are milliseconds; the start time is UTC with milliseconds.
+(one line; the last two fields are meshlab's: the peer's SPIFFE ID and whether the connection was mTLS,
+which Istio records as the ``connection_security_policy`` metric label). An unknown value prints ``-``;
+times are milliseconds; the start time is UTC with milliseconds.
 Envoy's connection manager gives a request without ``x-request-id`` a fresh UUID4 so that every hop logs the
 same id (envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-request-id).
 """
@@ -53,6 +55,8 @@ class AccessRecord:
     downstream_local_address: str | None = None
     downstream_remote_address: str | None = None
     route_name: str | None = None
+    mtls: bool = False  # the downstream connection was mutual TLS
+    peer_principal: str | None = None  # the downstream peer's SPIFFE ID (its certificate's URI SAN)
 
 
 def _dash(value: object) -> str:
@@ -76,7 +80,8 @@ def format_line(record: AccessRecord) -> str:
         f"{r.bytes_received} {r.bytes_sent} {_ms(r.duration)} {_ms(r.upstream_service_time)} "
         f'"{_dash(r.x_forwarded_for)}" "{_dash(r.user_agent)}" "{_dash(r.request_id)}" "{_dash(r.authority)}" '
         f'"{_dash(r.upstream_host)}" {_dash(r.upstream_cluster)} {_dash(r.upstream_local_address)} '
-        f"{_dash(r.downstream_local_address)} {_dash(r.downstream_remote_address)} - {_dash(r.route_name)}"
+        f"{_dash(r.downstream_local_address)} {_dash(r.downstream_remote_address)} - {_dash(r.route_name)} "
+        f'"{_dash(r.peer_principal)}" mtls={"true" if r.mtls else "false"}'
     )
 
 

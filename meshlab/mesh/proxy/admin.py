@@ -2,7 +2,8 @@
 
 Envoy's admin listener (istio-proxy's port 15000; envoyproxy.io/docs/envoy/latest/operations/admin) answers
 ``/config_dump`` with an ``envoy.admin.v3.ConfigDump``: one ``ClustersConfigDump``, ``EndpointsConfigDump``,
-``ListenersConfigDump`` and ``RoutesConfigDump`` holding every accepted resource with its version — built here
+``ListenersConfigDump``, ``RoutesConfigDump`` holding every accepted resource with its version and a
+``SecretsConfigDump`` (the workload certificate and roots, the private key redacted) — built here
 from the real admin protos and printed with ``json_format``, so it reads like ``istioctl proxy-config ... -o
 json``. ``/clusters`` prints one ``cluster::host::field::value`` line per fact (health flags such as
 ``/failed_outlier_check`` for an ejected host, ``rq_total``...), ``/stats`` prints ``name: value`` counters
@@ -20,9 +21,13 @@ from envoy.admin.v3 import config_dump_pb2
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format
@@ -34,7 +39,10 @@ from meshlab.mesh.xds import resources as xds
 # json_format can print an Any only when its type is in the descriptor pool: every extension Pilot packs
 # (the router and fault filters, Istio's previous-hosts retry predicate, the clusters' HTTP protocol options)
 # must be imported here, even those the proxy never decodes, or /config_dump fails.
-DUMPED_EXTENSIONS = (fault_pb2, router_pb2, previous_hosts_pb2, http_protocol_options_pb2)
+DUMPED_EXTENSIONS = (fault_pb2, router_pb2, previous_hosts_pb2, http_protocol_options_pb2, rbac_pb2, tls_inspector_pb2,
+                     raw_buffer_pb2, tls_pb2)
+#: Envoy prints private keys in a config dump as this.
+REDACTED = b"[redacted]"
 
 
 @dataclass
@@ -66,8 +74,26 @@ def inbound_ports(resources: Mapping[str, list[any_pb2.Any]]) -> dict[int, str]:
     return ports
 
 
-def config_dump(resources: Mapping[str, list[any_pb2.Any]], versions: Mapping[str, str]) -> str:
-    """``/config_dump``: Envoy's ``ConfigDump`` of the accepted dynamic resources, as JSON."""
+def secrets_dump(certificate: Any) -> config_dump_pb2.SecretsConfigDump:
+    """The SDS secrets ``default`` (chain; the key redacted, as Envoy does) and ``ROOTCA`` (the roots)."""
+    dump = config_dump_pb2.SecretsConfigDump()
+    if certificate is None:
+        return dump
+    version = certificate.not_before.isoformat()
+    default = secret_pb2.Secret(name="default")
+    default.tls_certificate.certificate_chain.inline_bytes = certificate.chain_pem
+    default.tls_certificate.private_key.inline_bytes = REDACTED
+    roots = secret_pb2.Secret(name="ROOTCA")
+    roots.validation_context.trusted_ca.inline_bytes = certificate.roots_pem
+    for secret in (default, roots):
+        entry = dump.dynamic_active_secrets.add(name=secret.name, version_info=version)
+        entry.secret.Pack(secret)
+    return dump
+
+
+def config_dump(resources: Mapping[str, list[any_pb2.Any]], versions: Mapping[str, str],
+                certificate: Any = None) -> str:
+    """``/config_dump``: Envoy's ``ConfigDump`` of the accepted dynamic resources and the SDS secrets, as JSON."""
     clusters = dump_pb2.ClustersConfigDump(version_info=versions.get(xds.CLUSTER, ""))
     for packed in resources.get(xds.CLUSTER, []):
         clusters.dynamic_active_clusters.add(version_info=versions.get(xds.CLUSTER, ""), cluster=packed)
@@ -84,7 +110,7 @@ def config_dump(resources: Mapping[str, list[any_pb2.Any]], versions: Mapping[st
     for packed in resources.get(xds.ROUTE, []):
         routes.dynamic_route_configs.add(version_info=versions.get(xds.ROUTE, ""), route_config=packed)
     dump = config_dump_pb2.ConfigDump()
-    for part in (clusters, endpoints, listeners, routes):
+    for part in (clusters, endpoints, listeners, routes, secrets_dump(certificate)):
         dump.configs.add().Pack(part)
     return json_format.MessageToJson(dump, indent=2)
 

@@ -17,9 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlab.mesh.xds import resources as xds
+
+if TYPE_CHECKING:  # rbac imports this module's matchers
+    from meshlab.mesh.proxy.rbac import RbacFilter
 
 # The type URLs Pilot and the proxy share (meshlab.mesh.xds.resources), under the names this package uses.
 CLUSTER_TYPE = xds.CLUSTER
@@ -174,6 +177,33 @@ class RouteTable:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """A ``DownstreamTlsContext`` / ``UpstreamTlsContext`` as the proxy uses it: the workload certificate
+    (SDS ``default``) and roots (SDS ``ROOTCA``) come from the proxy's certificate provider; the peer's URI
+    SAN must match one of ``peer_sans`` (none: any SAN the roots vouch for)."""
+
+    peer_sans: tuple[StringMatch, ...] = ()
+    require_client_certificate: bool = True
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FilterChain:
+    """One filter chain: which connections it takes (destination port, ``transport_protocol`` as the
+    ``tls_inspector`` sees it: ``tls``, ``raw_buffer`` or any), its TLS, and its HTTP filters and routes."""
+
+    destination_port: int | None = None
+    transport_protocol: str = ""
+    tls: TlsSettings | None = None
+    route_config_name: str = ""
+    inline_routes: RouteTable | None = None
+    fault_filter: bool = False
+    rbac: tuple[RbacFilter, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     address: str
@@ -181,6 +211,29 @@ class Listener:
     route_config_name: str = ""
     inline_routes: RouteTable | None = None
     fault_filter: bool = False  # whether ``envoy.filters.http.fault`` is in the filter chain
+    chains: tuple[FilterChain, ...] = ()
+    tls_inspector: bool = False
+
+    def chains_for(self, port: int) -> tuple[FilterChain, ...]:
+        """The chains a connection to ``port`` may match (those for the port, else the port-less ones)."""
+        exact = tuple(c for c in self.chains if c.destination_port == port)
+        return exact or tuple(c for c in self.chains if c.destination_port is None)
+
+
+def select_chain(chains: tuple[FilterChain, ...], transport_protocol: str) -> FilterChain | None:
+    """Envoy's filter-chain match on the transport protocol: an exact match, else a chain that names none."""
+    return (next((c for c in chains if c.transport_protocol == transport_protocol), None)
+            or next((c for c in chains if not c.transport_protocol), None))
+
+
+@dataclass(frozen=True)
+class SocketMatch:
+    """``transport_socket_matches[i]``: endpoints whose ``envoy.transport_socket_match`` metadata holds every
+    pair of ``match`` use ``tls`` (None: plaintext)."""
+
+    name: str
+    match: Mapping[str, str]
+    tls: TlsSettings | None
 
 
 class LbPolicy(Enum):
@@ -220,6 +273,8 @@ class Endpoint:
     # Left out of equality and hashing so endpoints can live in sets; the address identifies the host.
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
     healthy: bool = True
+    #: ``metadata.filter_metadata["envoy.transport_socket_match"]`` (Istio: ``tlsMode: istio`` for sidecars).
+    socket_match: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def host(self) -> str:
@@ -237,6 +292,14 @@ class ClusterPolicy:
     panic_threshold: float = 50.0  # percent of healthy hosts below which Envoy balances over all of them
     eds_service_name: str = ""  # EDS: the ClusterLoadAssignment's name (the cluster's name when empty)
     static_endpoints: tuple[Endpoint, ...] | None = None  # STATIC clusters carry their endpoints inline
+    socket_matches: tuple[SocketMatch, ...] = ()
+
+    def transport_for(self, endpoint: Endpoint) -> TlsSettings | None:
+        """The first socket match whose criteria the endpoint's metadata meets decides; none: plaintext."""
+        for candidate in self.socket_matches:
+            if all(endpoint.socket_match.get(k) == v for k, v in candidate.match.items()):
+                return candidate.tls
+        return None
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -36,9 +36,11 @@ _MESSAGES: dict[str, type[Any]] = {
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 FAULT_FILTER = "envoy.filters.http.fault"
 ROUTER_FILTER = "envoy.filters.http.router"
+RBAC_FILTER = "envoy.filters.http.rbac"
 _HTTP_FILTER_TYPES = {
     FAULT_FILTER: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
     ROUTER_FILTER: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+    RBAC_FILTER: "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
 }
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _RETRY_ON = frozenset(
@@ -260,19 +262,38 @@ def decode_route_configuration(table: route_pb2.RouteConfiguration) -> tuple[str
 
 
 def decode_listener(listener: listener_pb2.Listener) -> tuple[str, c.Listener]:
-    """A listener; every filter chain is checked. The model keeps the first chain's routing: the outbound
-    listener has one, and the inbound listener's per-port chains (matched on destination port) are served
-    by the shell from the raw resource (see ``admin.inbound_ports``)."""
+    """A listener; every filter chain is decoded (its match, TLS, RBAC and routes). The listener-level
+    routing fields keep the first chain's, which is all the outbound listener has; the inbound listener's
+    per-port chains are served from ``chains``."""
+    from meshlab.mesh.proxy import security_decoding as sec  # it imports this module
+
     where = f'Listener "{listener.name}"'
     if not listener.filter_chains:
         raise ResourceError(f"{where}: no filter chain")
-    chains = [_decode_chain(f"{where} filter chain {i}", chain) for i, chain in enumerate(listener.filter_chains)]
+    inspector = sec.listener_filters(listener, where)
+    chains = tuple(_decode_chain(f"{where} filter chain {i}", chain) for i, chain in enumerate(listener.filter_chains))
+    if not inspector and any(chain.transport_protocol for chain in chains):
+        raise ResourceError(f"{where}: a transport_protocol match needs the {sec.TLS_INSPECTOR} listener filter")
+    seen: set[tuple[int | None, str]] = set()
+    for chain in chains:
+        key = (chain.destination_port, chain.transport_protocol)
+        if key in seen:
+            raise ResourceError(f"{where}: multiple filter chains with the same matching rules are defined "
+                                f"(destination port {key[0]}, transport protocol {key[1] or 'any'})")
+        seen.add(key)
     socket = listener.address.socket_address
-    rds_name, inline, fault = chains[0]
-    return listener.name, c.Listener(listener.name, socket.address, socket.port_value, rds_name, inline, fault)
+    first = chains[0]
+    return listener.name, c.Listener(listener.name, socket.address, socket.port_value, first.route_config_name,
+                                     first.inline_routes, first.fault_filter, chains, inspector)
 
 
-def _decode_chain(where: str, chain: Any) -> tuple[str, c.RouteTable | None, bool]:
+def _decode_chain(where: str, chain: Any) -> c.FilterChain:
+    from meshlab.mesh.proxy import security_decoding as sec
+
+    port, transport = sec.chain_match(chain, where)
+    tls = sec.downstream_tls(chain.transport_socket, where) if chain.HasField("transport_socket") else None
+    if tls is not None and transport == "raw_buffer":
+        raise ResourceError(f"{where}: a TLS transport socket on a raw_buffer chain")
     filters = chain.filters
     if len(filters) != 1 or filters[0].name != HCM_FILTER:
         found = ", ".join(f.name for f in filters) or "(none)"
@@ -281,19 +302,27 @@ def _decode_chain(where: str, chain: Any) -> tuple[str, c.RouteTable | None, boo
     if filters[0].typed_config.type_url != _HCM_TYPE or not filters[0].typed_config.Unpack(hcm):
         raise ResourceError(f"{where}: {HCM_FILTER} config is not an HttpConnectionManager")
     names = [f.name for f in hcm.http_filters]
+    rbac_filters = []
     for f in hcm.http_filters:
         if f.name not in _HTTP_FILTER_TYPES:
             raise ResourceError(f'{where}: unsupported HTTP filter "{f.name}"')
         if f.HasField("typed_config") and f.typed_config.type_url != _HTTP_FILTER_TYPES[f.name]:
             raise ResourceError(f'{where}: HTTP filter "{f.name}" has config of type {f.typed_config.type_url}')
+        if f.name == RBAC_FILTER:
+            if names.index(FAULT_FILTER if FAULT_FILTER in names else ROUTER_FILTER) < names.index(f.name):
+                raise ResourceError(f"{where}: {RBAC_FILTER} must come before the fault and router filters")
+            rbac_filters.append(sec.rbac_http_filter(f.typed_config, f'{where} HTTP filter "{f.name}"'))
     if not names or names[-1] != ROUTER_FILTER or names.count(ROUTER_FILTER) != 1:
         raise ResourceError(f"{where}: the HTTP filter chain must end with {ROUTER_FILTER} (and hold it once)")
     route_source = hcm.WhichOneof("route_specifier")
     if route_source == "rds":
-        return hcm.rds.route_config_name, None, FAULT_FILTER in names
-    if route_source == "route_config":
-        return "", _route_table(hcm.route_config), FAULT_FILTER in names
-    raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
+        rds_name, inline = hcm.rds.route_config_name, None
+    elif route_source == "route_config":
+        rds_name, inline = "", _route_table(hcm.route_config)
+    else:
+        raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
+    return c.FilterChain(port, transport, tls, rds_name, inline, FAULT_FILTER in names, tuple(rbac_filters),
+                         chain.name)
 
 
 def _endpoint(lb: endpoint_pb2.LbEndpoint, where: str) -> c.Endpoint:
@@ -304,7 +333,10 @@ def _endpoint(lb: endpoint_pb2.LbEndpoint, where: str) -> c.Endpoint:
     if "istio" in lb.metadata.filter_metadata:
         raw = MessageToDict(lb.metadata.filter_metadata["istio"])
         labels = {str(k): str(v) for k, v in raw.items()}
-    return c.Endpoint(socket.address, socket.port_value, c.MappingProxyType(labels), lb.health_status not in _UNHEALTHY)
+    from meshlab.mesh.proxy import security_decoding as sec
+
+    return c.Endpoint(socket.address, socket.port_value, c.MappingProxyType(labels), lb.health_status not in _UNHEALTHY,
+                      c.MappingProxyType(sec.endpoint_socket_match(lb)))
 
 
 def _endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, where: str) -> tuple[c.Endpoint, ...]:
@@ -363,6 +395,8 @@ def decode_cluster(cluster: cluster_pb2.Cluster) -> tuple[str, c.ClusterPolicy]:
                 max_requests=_uint(t, "max_requests", thresholds.max_requests),
                 max_retries=_uint(t, "max_retries", thresholds.max_retries),
             )
+    from meshlab.mesh.proxy import security_decoding as sec
+
     lb_config = cluster.common_lb_config
     return cluster.name, c.ClusterPolicy(
         name=cluster.name,
@@ -374,4 +408,5 @@ def decode_cluster(cluster: cluster_pb2.Cluster) -> tuple[str, c.ClusterPolicy]:
         else 50.0,
         eds_service_name=cluster.eds_cluster_config.service_name,
         static_endpoints=static_endpoints,
+        socket_matches=sec.socket_matches(cluster, where),
     )

@@ -17,11 +17,15 @@ When Pilot goes away nothing changes here: the ADS client keeps the last good co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
+import socket
+import ssl
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,9 +34,9 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from meshlab.mesh.proxy import admin, http1
+from meshlab.mesh.proxy import admin, http1, inbound, rbac
 from meshlab.mesh.proxy.accesslog import AccessRecord, ensure_request_id, format_line
-from meshlab.mesh.proxy.config import ProxyConfig, Route
+from meshlab.mesh.proxy.config import FilterChain, ProxyConfig, Route, select_chain
 from meshlab.mesh.proxy.policies import (
     LocalReply,
     ResponseFlag,
@@ -52,6 +56,7 @@ from meshlab.mesh.proxy.policies import (
 )
 from meshlab.mesh.proxy.retrying import Outcome, RetryState
 from meshlab.mesh.proxy.routing import RequestHead, route_request
+from meshlab.mesh.proxy.tls import WorkloadTls, describe, handshake_problem, looks_like_tls, peer_problem, uri_sans
 from meshlab.mesh.proxy.upstream import AttemptResult, ClusterState
 from meshlab.mesh.xds import resources as xds
 
@@ -62,6 +67,8 @@ ADMIN_PORT = 15000
 SERVER_NAME = "envoy"
 #: A mirror's copy gives up after this long when its route has no timeout (Envoy shadows use the route timeout).
 SHADOW_TIMEOUT = 30.0
+#: Request records kept for readers in the process (telemetry): the most recent ones.
+RECORDS_KEPT = 1000
 
 
 def _stdout(line: str) -> None:
@@ -84,13 +91,18 @@ class _Listener:
     name: str
     route_name: str
     fault_filter: bool
-    server: asyncio.Server | None = None
+    server: asyncio.Server | inbound.InboundServer | None = None
+    chains: tuple[FilterChain, ...] = ()  # inbound: this port's filter chains (plaintext / mTLS, RBAC)
+    rbac: tuple[rbac.RbacFilter, ...] = ()
+    port: int = 0
 
 
 @dataclass
 class _Downstream:
     local: str
     remote: str
+    mtls: bool = False
+    principal: str = ""  # the peer's SPIFFE ID (URI SAN) on an mTLS connection
 
 
 @dataclass
@@ -112,6 +124,9 @@ class Sidecar:
     _in_flight: int = 0
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
     _reconcile_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tls: WorkloadTls = field(default_factory=WorkloadTls)  # the workload certificate's contexts (none: no CA)
+    records: deque[AccessRecord] = field(default_factory=lambda: deque(maxlen=RECORDS_KEPT))
+    on_record: list[Callable[[AccessRecord], None]] = field(default_factory=list)
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -131,7 +146,7 @@ class Sidecar:
                 continue
             if state is not None:
                 state.close()
-            self.clusters[name] = ClusterState(policy, endpoints, draw=self.draw)
+            self.clusters[name] = ClusterState(policy, endpoints, draw=self.draw, client_tls=self._client_tls)
         self._spawn(self._reconcile_listeners())
 
     def _wanted_listeners(self) -> dict[int, _Listener]:
@@ -139,14 +154,21 @@ class Sidecar:
         outbound = self.config.listeners.get(xds.OUTBOUND_LISTENER)
         if outbound is not None:
             wanted[outbound.port] = _Listener(outbound.name, outbound.route_config_name, outbound.fault_filter)
-        inbound = self.config.listeners.get(xds.INBOUND_LISTENER)
-        if inbound is not None:
-            ports = admin.inbound_ports(self.resources)
-            if not ports and inbound.route_config_name.startswith("inbound|"):
-                ports = {int(inbound.route_config_name.split("|")[1]): inbound.route_config_name}
-            for port, route_name in ports.items():
-                wanted[port] = _Listener(f"{inbound.name}|{port}", route_name, inbound.fault_filter)
+        virtual_inbound = self.config.listeners.get(xds.INBOUND_LISTENER)
+        if virtual_inbound is not None:
+            ports = sorted({c.destination_port for c in virtual_inbound.chains if c.destination_port})
+            for port in ports:
+                chains = virtual_inbound.chains_for(port)
+                wanted[port] = _Listener(f"{virtual_inbound.name}|{port}", chains[0].route_config_name,
+                                         chains[0].fault_filter, chains=chains, port=port)
+            if not ports and virtual_inbound.route_config_name.startswith("inbound|"):
+                port = int(virtual_inbound.route_config_name.split("|")[1])
+                wanted[port] = _Listener(f"{virtual_inbound.name}|{port}", virtual_inbound.route_config_name,
+                                         virtual_inbound.fault_filter, port=port)
         return wanted
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        return self.tls.client
 
     async def _reconcile_listeners(self) -> None:
         async with self._reconcile_lock:
@@ -161,6 +183,7 @@ class Sidecar:
                 current = self._listeners.get(port)
                 if current is not None:
                     current.route_name, current.fault_filter = listener.route_name, listener.fault_filter
+                    current.chains = listener.chains  # new connections take the new chains (TLS mode, RBAC)
                     continue
                 try:
                     listener.server = await self._listen(self.settings.pod_ip, port, listener)
@@ -224,18 +247,68 @@ class Sidecar:
             for state in self.clusters.values():
                 state.sweep(now)
 
-    async def _listen(self, host: str, port: int, listener: _Listener) -> asyncio.Server:
+    async def _listen(self, host: str, port: int, listener: _Listener) -> asyncio.Server | inbound.InboundServer:
+        if listener.chains:
+            async def accepted(sock: socket.socket) -> None:
+                await self._serve_inbound(sock, listener)
+
+            return await inbound.InboundServer.listen(host, port, accepted)
+
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._serve_connection(reader, writer, listener)
 
         return await asyncio.start_server(connection, host, port, limit=http1.MAX_HEAD + 1024)
 
+    async def _serve_inbound(self, sock: socket.socket, listener: _Listener) -> None:
+        """One inbound connection: tls_inspector, filter-chain match, TLS handshake and peer check, then HTTP."""
+        peer = "-"
+        with contextlib.suppress(OSError):
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        chains = listener.chains
+        transport = ""
+        if any(c.transport_protocol for c in chains):
+            first = await inbound.peek(sock, self.settings.header_timeout)
+            transport = "tls" if looks_like_tls(first) else "raw_buffer"
+        chain = select_chain(chains, transport)
+        context = self.tls.server if chain is not None and chain.tls is not None else None
+        if chain is None or (chain.tls is not None and context is None):
+            self.stats["listener.no_filter_chain_match" if chain is None else "listener.ssl.no_certificate"] += 1
+            why = (f"no filter chain for {transport or 'this'} traffic on port {listener.port} (STRICT mTLS "
+                   "refuses plaintext)" if chain is None else "no workload certificate to serve mTLS with")
+            log.warning("connection from %s to port %d closed: %s", peer, listener.port, why)
+            sock.close()
+            return
+        try:
+            reader, writer = await inbound.streams(sock, context, handshake_timeout=self.settings.header_timeout)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as err:
+            self.stats["listener.ssl.connection_error"] += 1
+            log.warning("mTLS handshake from %s on port %d refused: %s", peer, listener.port, handshake_problem(err))
+            sock.close()
+            return
+        downstream_tls = chain.tls is not None
+        principal = ""
+        if downstream_tls:
+            assert chain.tls is not None
+            peercert = writer.get_extra_info("peercert")
+            problem = peer_problem(peercert, chain.tls.peer_sans)
+            if problem is not None:
+                self.stats["listener.ssl.fail_verify_san"] += 1
+                log.warning("mTLS peer %s on port %d refused: %s", peer, listener.port, problem)
+                writer.close()
+                return
+            principal = uri_sans(peercert)[0]
+            self.stats["listener.ssl.handshake"] += 1
+        chosen = _Listener(listener.name, chain.route_config_name, chain.fault_filter, rbac=chain.rbac,
+                           port=listener.port)
+        await self._serve_connection(reader, writer, chosen, mtls=downstream_tls, principal=principal)
+
     # ---- downstream connections ----------------------------------------------------------------------------
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                listener: _Listener | None) -> None:
+                                listener: _Listener | None, *, mtls: bool = False, principal: str = "") -> None:
         local, remote = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
-        downstream = _Downstream(f"{local[0]}:{local[1]}", f"{remote[0]}:{remote[1]}")
+        downstream = _Downstream(f"{local[0]}:{local[1]}", f"{remote[0]}:{remote[1]}", mtls, principal)
         self.stats["downstream_cx_total"] += 1
         self._connections.add(writer)
         try:
@@ -284,9 +357,13 @@ class Sidecar:
                               x_forwarded_for=request.header("x-forwarded-for"),
                               user_agent=request.header("user-agent"),
                               request_id=request_id, authority=authority, downstream_local_address=downstream.local,
-                              downstream_remote_address=downstream.remote)
-        outcome = await self._route(listener, request, path, authority, headers, record)
-        response, record = outcome
+                              downstream_remote_address=downstream.remote, mtls=downstream.mtls,
+                              peer_principal=downstream.principal or None)
+        denied = self._authorize(listener, request.method, path, authority, headers, downstream)
+        if denied is not None:
+            response, record = denied[0], replace(record, response_code_details=denied[1])
+        else:
+            response, record = await self._route(listener, request, path, authority, headers, record)
         response.headers = [(k, v) for k, v in response.headers if k.lower() != "server"]
         response.headers.append(("server", SERVER_NAME))
         self.stats["downstream_rq_total"] += 1
@@ -294,7 +371,28 @@ class Sidecar:
         record = replace(record, response_code=response.status, bytes_sent=len(response.body),
                          duration=time.monotonic() - start)
         self.log_line(format_line(record))
+        self.records.append(record)
+        for callback in self.on_record:
+            callback(record)
         return response
+
+    def _authorize(self, listener: _Listener, method: str, path: str, authority: str, headers: http1.Headers,
+                   downstream: _Downstream) -> tuple[http1.Response, str] | None:
+        """The RBAC filters of the chain: None lets the request through, else Envoy's 403."""
+        if not listener.rbac:
+            return None
+        head = RequestHead(method, path, authority, tuple(headers))
+        decision = rbac.evaluate(listener.rbac, rbac.Request(head, listener.port, downstream.principal))
+        if decision.allowed:
+            self.stats["rbac.allowed"] += 1
+            return None
+        self.stats["rbac.denied"] += 1
+        # Envoy's response code details: rbac_access_denied_matched_policy[<policy>|none]
+        details = f"{rbac.DENIED_DETAILS}[{decision.policy or 'none'}]"
+        log.info("RBAC: %s %s from %s on port %d %s", method, path, downstream.principal or downstream.remote,
+                 listener.port, decision.reason)
+        return http1.Response(403, [("content-type", "text/plain"), ("date", formatdate(usegmt=True))],
+                              rbac.DENIED_BODY.encode()), details
 
     async def _route(self, listener: _Listener, request: http1.Request, path: str, authority: str,
                      headers: http1.Headers, record: AccessRecord) -> tuple[http1.Response, AccessRecord]:
@@ -400,7 +498,10 @@ class Sidecar:
         if path == "/ready":
             return _text(200, "LIVE\n") if self.ready else _text(503, "PRE_INITIALIZING\n")
         if path == "/config_dump":
-            return _text(200, admin.config_dump(self.resources, self.config.versions), "application/json")
+            return _text(200, admin.config_dump(self.resources, self.config.versions, self.tls.certificate),
+                         "application/json")
+        if path == "/certs":
+            return _text(200, json.dumps(describe(self.tls.certificate), indent=2), "application/json")
         if path == "/clusters":
             return _text(200, admin.clusters_page(self._cluster_views()), text)
         if path == "/stats":
@@ -412,7 +513,7 @@ class Sidecar:
                 return _text(405, "This endpoint requires POST\n")
             self._spawn(self.stop())
             return _text(200, "OK\n")
-        return _text(404, "invalid path; try /config_dump /clusters /stats /ready /quitquitquit\n")
+        return _text(404, "invalid path; try /config_dump /certs /clusters /stats /ready /quitquitquit\n")
 
     def all_stats(self) -> dict[str, int]:
         counters = {f"http.{k}" if k.startswith("downstream_rq") else k: v for k, v in self.stats.items()}

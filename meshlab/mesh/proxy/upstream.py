@@ -12,6 +12,8 @@ attempt — admission, connection (idle, new, or waiting in the pending queue), 
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -24,6 +26,9 @@ from meshlab.mesh.proxy.config import ClusterPolicy, Endpoint
 from meshlab.mesh.proxy.outlier import CONNECT_FAILURE_STATUS, RESET_STATUS, TIMEOUT_STATUS, OutlierDetector
 from meshlab.mesh.proxy.retrying import Attempt, Outcome
 from meshlab.mesh.proxy.routing import Draw
+from meshlab.mesh.proxy.tls import handshake_problem, peer_problem
+
+log = logging.getLogger(__name__)
 
 #: Idle keep-alive connections kept per host; more are closed when they come back.
 MAX_IDLE_PER_HOST = 64
@@ -34,6 +39,7 @@ class Connection:
     host: str
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    mtls: bool = False
 
     @property
     def local_address(self) -> str:
@@ -57,8 +63,10 @@ class ClusterState:
     """Live state of one cluster: breaker, balancer, outlier detector, idle connections, counters."""
 
     def __init__(self, policy: ClusterPolicy, endpoints: tuple[Endpoint, ...], *, draw: Draw,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 client_tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> None:
         self.policy = policy
+        self.client_tls = client_tls  # the workload certificate's client context, asked at every new connection
         self.endpoints = endpoints
         self.breaker = CircuitBreaker(policy.thresholds)
         self.balancer = Balancer(policy.lb_policy)
@@ -134,11 +142,33 @@ class ClusterState:
             self._close(conn)
 
     async def _connect(self, endpoint: Endpoint) -> Connection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.address, endpoint.port, limit=http1.MAX_HEAD + 1024),
-            self.policy.connect_timeout)
+        settings = self.policy.transport_for(endpoint)
+        # Auto mTLS needs this proxy's own certificate; a mesh without a CA has none, and talks plaintext.
+        context = self.client_tls() if settings is not None else None
+        if settings is None or context is None:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.address, endpoint.port, limit=http1.MAX_HEAD + 1024),
+                self.policy.connect_timeout)
+            self.stats["upstream_cx_total"] += 1
+            return Connection(endpoint.host, reader, writer)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.address, endpoint.port, limit=http1.MAX_HEAD + 1024, ssl=context,
+                                        server_hostname=settings.sni or None),
+                self.policy.connect_timeout)
+        except ssl.SSLError as err:
+            self.stats["ssl.connection_error"] += 1
+            log.warning("mTLS to %s (%s) failed: %s", endpoint.host, self.policy.name, handshake_problem(err))
+            raise
+        problem = peer_problem(writer.get_extra_info("peercert"), settings.peer_sans)
+        if problem is not None:
+            self.stats["ssl.fail_verify_san"] += 1
+            log.warning("mTLS to %s (%s) refused: %s", endpoint.host, self.policy.name, problem)
+            writer.close()
+            raise ConnectionRefusedError(f"upstream peer refused: {problem}")
         self.stats["upstream_cx_total"] += 1
-        return Connection(endpoint.host, reader, writer)
+        self.stats["ssl.handshake"] += 1
+        return Connection(endpoint.host, reader, writer, mtls=True)
 
     def _make_room(self, host: str) -> bool:
         """A pending request may close another host's idle connection to open one of its own."""

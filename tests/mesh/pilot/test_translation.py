@@ -285,7 +285,9 @@ def test_inbound_listener_route_and_cluster_reach_the_app() -> None:
     inbound = _find(snapshot, LISTENER, "virtualInbound")
     assert isinstance(inbound, listener_pb2.Listener)
     assert inbound.address.socket_address.port_value == 15006
-    assert [c.filter_chain_match.destination_port.value for c in inbound.filter_chains] == [9080]
+    # No PeerAuthentication: PERMISSIVE, an mTLS and a plaintext chain on the one port.
+    assert [(c.filter_chain_match.destination_port.value, c.filter_chain_match.transport_protocol)
+            for c in inbound.filter_chains] == [(9080, "tls"), (9080, "raw_buffer")]
     route = _find(snapshot, ROUTE, "inbound|9080")
     assert isinstance(route, route_pb2.RouteConfiguration)
     assert route.virtual_hosts[0].routes[0].route.cluster == "inbound|9080||"

@@ -8,8 +8,10 @@ import pytest
 
 from meshlab.mesh.pilot.model import Endpoint
 from meshlab.mesh.pilot.watching import (
+    AUTHORIZATION_POLICIES,
     DESTINATION_RULES,
     ENDPOINT_SLICES,
+    PEER_AUTHENTICATIONS,
     PODS,
     SERVICES,
     VIRTUAL_SERVICES,
@@ -157,7 +159,7 @@ def test_cache_applies_watch_events(steps: list[tuple[str, str, str]], changed: 
 
 def test_cache_is_synced_once_every_kind_was_listed_and_a_relist_replaces() -> None:
     cache = Cache()
-    for kind in (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES):
+    for kind in (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES):
         cache.replace(kind, [])
     assert not cache.synced
     assert cache.replace(DESTINATION_RULES, [])  # first list counts as a change, even when empty

@@ -21,7 +21,8 @@ def test_a_proxied_request_logs_like_istio() -> None:
     assert format_line(record) == (
         '[2024-06-02T13:24:57.930Z] "GET /reviews/0 HTTP/1.1" 200 - via_upstream - "-" 0 358 12 11 "-" '
         '"python-requests/2.32" "9f69865b-eed1-409b-8c12-12436234a191" "reviews:9080" "127.0.1.5:9080" '
-        "outbound|9080|v1|reviews.default.svc.cluster.local - 127.0.0.1:15001 127.0.2.3:51234 - default"
+        "outbound|9080|v1|reviews.default.svc.cluster.local - 127.0.0.1:15001 127.0.2.3:51234 - default "
+        '"-" mtls=false'
     )
 
 
@@ -31,7 +32,7 @@ def test_a_local_reply_logs_its_flags_and_dashes() -> None:
                           response_code_details="upstream_reset_before_response_started{connection_failure}")
     line = format_line(record)
     assert line.startswith('[2024-06-02T13:24:57.930Z] "GET /x HTTP/1.1" 503 UF,URX upstream_reset')
-    assert line.endswith('"-" "-" "-" "-" "-" - - - - - -')
+    assert line.endswith('"-" "-" "-" "-" "-" - - - - - - "-" mtls=false')
 
 
 def test_start_time_is_utc_with_milliseconds() -> None:

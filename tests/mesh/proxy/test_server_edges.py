@@ -116,7 +116,8 @@ def test_admin_listener_pages() -> None:
             async with http.post(f"{base}/quitquitquit") as r:
                 assert r.status == 200
         types = [c["@type"].rsplit(".", 1)[1] for c in dump["configs"]]
-        assert types == ["ClustersConfigDump", "EndpointsConfigDump", "ListenersConfigDump", "RoutesConfigDump"]
+        assert types == ["ClustersConfigDump", "EndpointsConfigDump", "ListenersConfigDump", "RoutesConfigDump",
+                     "SecretsConfigDump"]
         listeners = [d["name"] for d in dump["configs"][2]["dynamicListeners"]]
         assert listeners == ["virtualOutbound"]
         assert "outbound|9080|v1|reviews.default.svc.cluster.local::127.0.72.1:9080::health_flags::healthy" in clusters
