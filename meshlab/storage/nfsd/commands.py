@@ -91,7 +91,10 @@ def _run_ganesha(export: Path, state: Path, host: str, port: int) -> int:
     import threading
 
     from meshlab.storage.nfsd.ganesha import GaneshaConfig, GaneshaServer
+    from meshlab.storage.nfsd.running import free_port
 
+    if port == 0:  # Ganesha cannot be asked to pick a port: pick one for it
+        port = free_port(host)
     server = GaneshaServer(GaneshaConfig(export, state, host, port))
     server.start()
     stop = threading.Event()
