@@ -3,12 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's subcommands to ``meshlab``'s parser."""
+    add_driver_commands(sub)
     add_sidecar_commands(sub)
+
+
+# -- the driver itself: meshlab csi-driver ----------------------------------------------------------------------
+
+def add_driver_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """``meshlab csi-driver``: the nfs.csi.meshlab.io plugin (Identity + Controller and/or Node) on a unix socket."""
+    d = sub.add_parser("csi-driver", help="run the CSI driver nfs.csi.meshlab.io on a unix socket")
+    d.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+                   help="unix:///path.sock (default: $CSI_ENDPOINT, else unix:///csi/csi.sock)")
+    d.add_argument("--mode", choices=["controller", "node", "both"], default="both",
+                   help="services to serve besides Identity (default both)")
+    d.add_argument("--node-id", default=os.environ.get("NODE_NAME", ""),
+                   help="this node's id for NodeGetInfo (default: $NODE_NAME); node and both modes need it")
+    d.add_argument("--state-dir", default="/var/lib/meshlab/csi-nfs",
+                   help="where the node service remembers what it published (default /var/lib/meshlab/csi-nfs)")
+    d.add_argument("--probe-nfs", default=None, metavar="SERVER:PORT/SHARE[?version=N]",
+                   help="controller: answer Probe with FAILED_PRECONDITION while this NFS server is unreachable")
+    d.add_argument("--max-volume-size", type=int, default=None,
+                   help="largest capacity CreateVolume accepts in bytes (default 1 TiB); above it: OUT_OF_RANGE")
+    d.add_argument("--call-log", default=None, help="append every CSI call (redacted) to this JSON-lines file")
+    d.add_argument("-v", "--verbose", action="store_true", help="log every call (INFO); default: warnings only")
+    d.set_defaults(func=_run_driver)
+
+
+def _run_driver(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from meshlab.storage.csi import driver
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    extra = {} if args.max_volume_size is None else {"max_volume_bytes": args.max_volume_size}
+    try:
+        services = driver.build_services(args.mode, node_id=args.node_id, state_dir=Path(args.state_dir),
+                                         probe=driver.parse_location(args.probe_nfs) if args.probe_nfs else None,
+                                         **extra)
+    except ValueError as err:
+        raise SystemExit(f"meshlab csi-driver: {err}") from None
+    return driver.run_driver(args.endpoint, services, call_log=Path(args.call_log) if args.call_log else None)
 
 
 # -- the sidecars beside the driver: csi-provisioner (controller pod), csi-registrar (node pod) ----------------
