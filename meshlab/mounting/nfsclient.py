@@ -28,7 +28,7 @@ import nfs_rs
 
 from meshlab.errors import NfsError
 
-__all__ = ["NfsClient", "NfsFile", "NfsLocation", "NfsStat", "errno_for_status"]
+__all__ = ["NfsClient", "NfsFile", "NfsLocation", "NfsStat", "errno_for_status", "negotiate_version"]
 
 # Bytes moved per READ/WRITE call by copytree and the FUSE daemon's callers; nfs-rs splits further.
 _CHUNK = 1 << 20
@@ -114,7 +114,12 @@ def _status_of(err: nfs_rs.NfsError) -> str:
     if isinstance(err, nfs_rs.NfsNotFoundError):
         return "NFS_NOENT"
     if isinstance(err, nfs_rs.NfsMountError):
-        return "MNT_ERROR"
+        # The MOUNT protocol's status (RFC 1813 appendix I), which nfs-rs reports only as text.
+        for words, status in (("no such file", "MNT3ERR_NOENT"), ("permission", "MNT3ERR_ACCES"),
+                              ("access", "MNT3ERR_ACCES"), ("not a directory", "MNT3ERR_NOTDIR")):
+            if words in text:
+                return status
+        return "MNT3ERR_SERVERFAULT"
     if isinstance(err, nfs_rs.NfsRpcError):
         return "NFS_RPC_ERROR"
     return "NFS_ERROR"
@@ -407,3 +412,25 @@ class NfsClient:
         finally:
             source.close()
             target.close()
+
+
+def negotiate_version(location: NfsLocation, *, timeout: float = 5.0, versions: tuple[int, ...] = (3, 4)
+                      ) -> NfsLocation:
+    """``location`` with the first NFS version in ``versions`` its server answers, as mount.nfs negotiates.
+
+    A server that does not speak a version rejects the RPC program version at once, so the next one is
+    tried; an unreachable server or a refused export ends the search (every version would say the same).
+    """
+    errors: list[str] = []
+    for version in versions:
+        candidate = NfsLocation(location.server, location.export, location.port, version)
+        try:
+            NfsClient(candidate, timeout=timeout).close()
+        except NfsError as err:
+            if err.status == "NFS_UNREACHABLE" or err.status.startswith("MNT3ERR_"):
+                raise
+            errors.append(f"NFSv{version}: {err}")
+            continue
+        return candidate
+    raise NfsError("NFS_VERSION_MISMATCH", f"{location.server} port {location.port} speaks none of NFSv"
+                                           f"{'/'.join(map(str, versions))}: {'; '.join(errors)}")

@@ -137,7 +137,7 @@ class VolumeManager:
     def _context(self, pod: dict[str, Any], pod_dir: Path) -> VolumeContext:
         return VolumeContext(rest=self.rest, signer=self.signer, pod=pod, pod_dir=Path(pod_dir),
                              lab_dir=self.lab_dir, allowed_host_paths=tuple(self.allowed_host_paths),
-                             ca_pem=self.ca_pem, clock=self.clock)
+                             ca_pem=self.ca_pem, clock=self.clock, plugins=self._plugins.get)
 
     def _plugin(self, ctx: VolumeContext, volume: dict[str, Any]) -> VolumePlugin:
         key = _source_key(volume)

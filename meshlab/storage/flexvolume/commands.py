@@ -20,8 +20,6 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _flexvolume(args: argparse.Namespace) -> int:
-    import sys
-
     if args.command == "install":
         return _install(args.args)
     from meshlab.mounting import mount
@@ -30,9 +28,8 @@ def _flexvolume(args: argparse.Namespace) -> int:
     # The real mounts (kernel or FUSE) behind the driver's protocol.
     mounter = SimpleNamespace(mount=mount.mount_nfs, unmount=mount.unmount)
     reply = call([args.command, *args.args], mounter)
+    # stdout only: the kubelet reads the combined output as one JSON object (driver-call.go).
     print(reply.json())
-    if reply.exit_code:
-        print(f"{args.command}: {reply.message}", file=sys.stderr)
     return reply.exit_code
 
 

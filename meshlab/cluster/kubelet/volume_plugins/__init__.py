@@ -55,6 +55,8 @@ class VolumeContext:
     ca_pem: bytes | None = None          # the lab CA (what ``kube-root-ca.crt`` holds on a real cluster)
     clock: Callable[[], float] = time.time
     notes: list[tuple[str, str]] = field(default_factory=list)  # (reason, message) -> Normal pod events
+    # The plugin registered for a source key (``persistentVolumeClaim`` delegates to its PV's source).
+    plugins: Callable[[str], VolumePlugin | None] = lambda key: None
 
     @property
     def namespace(self) -> str:
