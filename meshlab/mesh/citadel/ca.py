@@ -320,6 +320,25 @@ class CertificateAuthority:
                    .add_extension(x509.SubjectAlternativeName(sans), critical=not dns_names))
         return key, (self._sign(builder, key.public_key()), *self._issuer_chain())
 
+    def issue_intermediate(self, common_name: str, *, algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256,
+                           validity: dt.timedelta = dt.timedelta(days=365), now: dt.datetime | None = None
+                           ) -> CertificateAuthority:
+        """A subordinate CA this one signs — how an operator makes a cluster's ``cacerts`` from a shared root
+        (Istio's "Plug in CA certificates" task); ``secret_data()`` of the result is that Secret's content."""
+        start = _now(now)
+        key = generate_key(algorithm)
+        name = x509.Name([*self.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME),
+                          x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(self.certificate.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(max(start - BACKDATE, self.certificate.not_valid_before_utc))
+                   .not_valid_after(min(start + validity, self.not_after))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(_key_usage(ca=True), critical=True))
+        certificate = self._sign(builder, key.public_key())
+        return CertificateAuthority(key=key, certificate=certificate, chain=self._issuer_chain(),
+                                    trusted_roots=self.trusted_roots, self_signed=False, algorithm=algorithm)
+
     def _issuer_chain(self) -> tuple[x509.Certificate, ...]:
         return (self.certificate, *self.chain)
 

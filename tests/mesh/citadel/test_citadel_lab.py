@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -63,8 +64,9 @@ def bundle(handle: meshlab.lab.Lab, namespace: str, *, roots: int = 1, timeout: 
 
 def token(handle: meshlab.lab.Lab, namespace: str, account: str = "web") -> str:
     # What the kubelet projects into a pod for Istio (audience istio-ca).
-    request = {"spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}}
-    return str(handle.clients.core.create_namespaced_service_account_token(account, namespace, request).status.token)
+    request: Any = {"spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}}
+    answer: Any = handle.clients.core.create_namespaced_service_account_token(account, namespace, request)
+    return str(answer.status.token)
 
 
 def certificate(handle: meshlab.lab.Lab, namespace: str, tmp_path: Path, roots: bytes) -> WorkloadCertificate:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,6 @@ def test_regenerating_the_messages_changes_nothing(tmp_path: Path) -> None:
     pytest.param(ca_pb2.IstioCertificateRequest, "metadata", 4, id="request metadata"),
     pytest.param(ca_pb2.IstioCertificateResponse, "cert_chain", 1, id="response chain"),
 ])
-def test_field_numbers_are_istios(message: type, field: str, number: int) -> None:
+def test_field_numbers_are_istios(message: Any, field: str, number: int) -> None:
     assert message.DESCRIPTOR.fields_by_name[field].number == number
     assert message.DESCRIPTOR.full_name.startswith("istio.v1.auth.")
