@@ -661,6 +661,178 @@ def test_traffic_flows_without_pilot_and_every_sidecar_resyncs_when_it_returns(m
     resync = time.monotonic() - back
     print(f"every sidecar SYNCED {resync:.2f}s after istiod was Ready again")
     assert rows.keys() == names, rows
-    assert resync <= 5, (resync, rows)
+    assert resync <= 2, (resync, rows)  # the issue's bound: every proxy resynced within 2 s
     assert send(mesh, PAGE, extract="body")[0][0] == 200
 
+
+
+# -- outlier detection (istio.io/latest/docs/reference/config/networking/destination-rule/#OutlierDetection) ---
+
+HTTPBIN_BROKEN = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin-broken
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: httpbin
+      version: broken
+  template:
+    metadata:
+      labels:
+        app: httpbin
+        version: broken
+    spec:
+      serviceAccountName: httpbin
+      containers:
+      - name: httpbin
+        image: meshlab/httpbin:1
+        command: [meshlab, app, httpbin, --fail-rate, "1"]
+        ports:
+        - containerPort: 8000
+        readinessProbe:
+          httpGet: {path: /healthz, port: 8000}
+          periodSeconds: 2
+"""
+
+# Eject a host at its first 5xx for 3 s (times its ejection count); no retries, so every failure shows.
+HTTPBIN_OUTLIERS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+spec:
+  host: httpbin
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3s
+      maxEjectionPercent: 100
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - httpbin
+  http:
+  - route:
+    - destination:
+        host: httpbin
+    retries:
+      attempts: 0
+"""
+
+
+def ejected_hosts(mesh: Mesh) -> list[str]:
+    """The httpbin hosts the client's sidecar has ejected, from its ``/clusters`` admin page."""
+    cluster = f"outbound|8000||httpbin.{mesh[1]}.svc.cluster.local::"
+    return sorted(line.split("::")[1] for line in admin_get(mesh, CLIENT, "/clusters").splitlines()
+                  if line.startswith(cluster) and line.endswith("health_flags::/failed_outlier_check"))
+
+
+def test_outlier_detection_ejects_a_failing_endpoint_and_lets_it_back_after_the_ejection_time(mesh: Mesh) -> None:
+    handle, namespace = mesh
+    handle.apply(HTTPBIN_BROKEN, namespace=namespace)
+    try:
+        handle.wait_ready("deployment", "httpbin-broken", namespace=namespace, timeout=60)
+        [broken] = pods(handle, namespace, "app=httpbin,version=broken")
+        broken_host = f"{broken['status']['podIP']}:8000"
+        time.sleep(1)  # the new endpoint reaches the sidecars through Pilot
+        with rules(mesh, HTTPBIN_OUTLIERS):
+            first = Counter(s for s, *_ in send(mesh, "http://httpbin:8000/get", n=30))
+            ejected_after_first = ejected_hosts(mesh)
+            deadline, back_after = time.monotonic() + 20, None
+            start = time.monotonic()
+            while time.monotonic() < deadline:
+                if not ejected_hosts(mesh):
+                    back_after = time.monotonic() - start
+                    break
+                time.sleep(0.2)
+            again = Counter(s for s, *_ in send(mesh, "http://httpbin:8000/get", n=10))
+            stats = admin_stats(mesh, CLIENT)
+    finally:
+        handle.delete("deployment", "httpbin-broken", namespace=namespace)
+        deadline = time.monotonic() + 30
+        while pods(handle, namespace, "app=httpbin,version=broken") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    enforced = stats.get(f"cluster.outbound|8000||httpbin.{namespace}.svc.cluster.local"
+                         ".outlier_detection.ejections_enforced_total", 0)
+    print(f"outlier detection: first 30 {dict(first)}, ejected {ejected_after_first}, back after "
+          f"{back_after}s, next 10 {dict(again)}, ejections enforced {enforced}")
+    # One 503 ejects the broken pod; the rest of the burst goes to the healthy one (a slow machine may let
+    # the 3 s ejection end during the burst, costing one more 503 and a 6 s ejection).
+    assert 1 <= first[503] <= 3 and first[200] >= 27, first
+    assert ejected_after_first == [broken_host]
+    assert back_after is not None, "the ejected endpoint never came back"
+    # Back, still failing: its first request fails again and ejects it once more (for twice as long).
+    assert again[503] >= 1 and again[200] >= 8, again
+    assert enforced >= 2
+
+
+# -- xDS: a configuration the sidecars reject -----------------------------------------------------------------
+
+# RE2 (Envoy's regex engine) has no look-ahead. Istio's validating webhook would refuse this; meshlab's CRD
+# schema cannot check a regex, so it reaches Pilot, Pilot translates it, and every sidecar NACKs the routes.
+VIRTUAL_SERVICE_LOOKAHEAD = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - match:
+    - uri:
+        regex: "/reviews/(?!0).*"
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+"""
+
+
+def test_a_config_the_sidecars_reject_is_nacked_and_they_keep_their_last_good_one(
+        mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
+    handle, namespace = mesh
+    with rules(mesh, VIRTUAL_SERVICE_ALL_V1):
+        handle.apply(VIRTUAL_SERVICE_LOOKAHEAD, namespace=namespace)
+        deadline, rows = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            rows = sidecar_versions(handle, namespace)
+            if rows and all(r.status.get("RDS") == "NACKED" for r in rows.values()):
+                break
+            time.sleep(0.2)
+        assert rows and all(r.status.get("RDS") == "NACKED" for r in rows.values()), rows
+        assert all(r.status["CDS"] == r.status["LDS"] == "SYNCED" for r in rows.values()), rows
+        capsys.readouterr()
+        assert cli.main(["mesh", "proxy-status", "--kubeconfig", str(handle.kubeconfig)]) == 0
+        table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{CLIENT}.{namespace}")]
+        # Still the last good routes: reviews v1 only, nothing from v2 or v3.
+        versions = Counter(v for _, _, v, _ in send(mesh, "http://reviews:9080/reviews/1", n=20, extract="version"))
+        log = str(handle.clients.core.read_namespaced_pod_log(CLIENT, namespace, container="istio-proxy"))
+    assert len(table) == 1 and "NACKED" in table[0], table
+    assert versions == {"v1": 20}, versions
+    assert "NACK" in log and "look-around" in log, log[-2000:]
+
+
+def test_a_change_that_does_not_alter_any_sidecar_config_pushes_nothing(mesh: Mesh) -> None:
+    handle, namespace = mesh
+    before = sidecar_versions(handle, namespace)
+    # A label on a Service and an unrelated ConfigMap: Pilot sees both, and no proxy's configuration changes.
+    handle.clients.core.patch_namespaced_service("ratings", namespace, {"metadata": {"labels": {"touched": "yes"}}})
+    handle.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unrelated"}, "data": {"a": "b"}},
+                 namespace=namespace)
+    time.sleep(2)
+    after = sidecar_versions(handle, namespace)
+    assert {n: (r.version, r.status) for n, r in after.items()} == {n: (r.version, r.status)
+                                                                    for n, r in before.items()}
