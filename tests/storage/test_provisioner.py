@@ -70,17 +70,18 @@ def api(lab: RunningLab) -> Iterator[kube.Clients]:
 def make_class(api: kube.Clients, nfs: RunningNfsServer, **parameters: str) -> str:
     name = "prov-" + os.urandom(3).hex()
     location = nfs.location
-    api.storage.create_storage_class({
-        "metadata": {"name": name}, "provisioner": DRIVER, "reclaimPolicy": "Delete",
-        "parameters": {"server": location.server, "share": location.export, "port": str(location.port),
-                       "version": str(location.version), **parameters}})
+    body: Any = {"metadata": {"name": name}, "provisioner": DRIVER, "reclaimPolicy": "Delete",
+                 "parameters": {"server": location.server, "share": location.export, "port": str(location.port),
+                                "version": str(location.version), **parameters}}
+    api.storage.create_storage_class(body)
     return name
 
 
 def make_claim(api: kube.Clients, namespace: str, storage_class: str, name: str = "data") -> dict[str, Any]:
-    created = api.core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": name}, "spec": {"storageClassName": storage_class, "accessModes": ["ReadWriteMany"],
-                                             "resources": {"requests": {"storage": "1Gi"}}}})
+    body: Any = {"metadata": {"name": name}, "spec": {"storageClassName": storage_class,
+                                                      "accessModes": ["ReadWriteMany"],
+                                                      "resources": {"requests": {"storage": "1Gi"}}}}
+    created = api.core.create_namespaced_persistent_volume_claim(namespace, body)
     return dict(api.api_client.sanitize_for_serialization(created))
 
 
