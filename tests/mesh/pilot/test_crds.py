@@ -40,6 +40,13 @@ RETRIES_AND_TIMEOUT = {"hosts": ["ratings"], "http": [{"route": [{"destination":
                                                        "timeout": "10s",
                                                        "retries": {"attempts": 3, "perTryTimeout": "2s",
                                                                    "retryOn": "gateway-error,connect-failure"}}]}
+# The uri matches of Bookinfo's productpage routes (samples/bookinfo/networking/bookinfo-gateway.yaml), bound to
+# the mesh instead of a gateway, plus a regex, a method and a query parameter match.
+URI_MATCHES = {"hosts": ["productpage"], "http": [
+    {"match": [{"uri": {"exact": "/productpage"}}, {"uri": {"prefix": "/static"}}, {"uri": {"exact": "/login"}},
+               {"uri": {"regex": "^/api/v1/products/[0-9]+$"}, "method": {"exact": "GET"}},
+               {"queryParams": {"user": {"exact": "jason"}}}],
+     "route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]}
 DR_ALL = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "reviews"},
           "spec": {"host": "reviews",
                    "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1},
@@ -65,6 +72,7 @@ def mesh_lab(lab: RunningLab) -> Iterator[meshlab.lab.Lab]:
     pytest.param(_vs(DELAY_FOR_JASON), id="delay-for-jason"),
     pytest.param(_vs(SPLIT_50_50, "v1beta1"), id="split-50-50-v1beta1"),
     pytest.param(_vs(RETRIES_AND_TIMEOUT, "v1alpha3"), id="retries-timeout-v1alpha3"),
+    pytest.param(_vs(URI_MATCHES), id="uri-method-query-matches"),
     pytest.param(DR_ALL, id="destination-rule-subsets-and-policies"),
 ])
 def test_istio_docs_yaml_applies(mesh_lab: meshlab.lab.Lab, namespace: str, obj: dict[str, Any]) -> None:
