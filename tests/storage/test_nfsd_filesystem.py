@@ -159,3 +159,14 @@ def test_errors_map_to_the_rfc_status(tmp_path: Path, proc: Proc, args_of: objec
     (tmp_path / "export" / "full").mkdir()
     (tmp_path / "export" / "full" / "x").write_text("x")
     assert status(fs.call(proc, args_of(fs.root_handle()), ROOT)) == expect  # type: ignore[operator]
+
+
+def test_a_file_whose_directory_left_the_export_is_stale(tmp_path: Path) -> None:
+    fs = make_fs(tmp_path)
+    sub = created_handle(fs.call(Proc.MKDIR, a.MkdirArgs(fs.root_handle(), "sub"), ROOT))
+    f = created_handle(fs.call(Proc.CREATE, a.CreateArgs(sub, "f", CreateMode.UNCHECKED), ROOT))
+    os.rename(tmp_path / "export" / "sub", tmp_path / "outside")
+    os.symlink(tmp_path / "outside", tmp_path / "export" / "sub")  # the old path still reaches the file
+    result = fs.call(Proc.WRITE, a.WriteArgs(f, 0, StableHow.FILE_SYNC, b"escaped"), ROOT)
+    assert status(result) == Status.NFS3ERR_STALE
+    assert (tmp_path / "outside" / "f").read_bytes() == b""

@@ -81,7 +81,9 @@ class HandleIndex:
         cached = self._paths.get(ids)
         if cached is not None:
             st = _lstat_ids(cached, ids)
-            if st is not None:
+            # The remembered path must still lead there without symlinks: a directory on the way that was
+            # swapped for a symlink (to a copy outside the export, say) would otherwise be followed.
+            if st is not None and _canonical_parent(cached, str(self.root)):
                 return cached, st
         found = self._walk_for(ids)
         if found is None:
@@ -129,6 +131,13 @@ class HandleIndex:
                 if entry.is_dir(follow_symlinks=False):
                     queue.append(entry.path)
         return None
+
+
+def _canonical_parent(path: str, root: str) -> bool:
+    if path == root:
+        return True
+    parent = os.path.dirname(path)
+    return os.path.realpath(parent) == parent
 
 
 def _lstat_ids(path: str, ids: tuple[int, int]) -> os.stat_result | None:
