@@ -165,7 +165,7 @@ def test_rotation_keeps_in_flight_requests_and_new_connections_get_the_new_certi
         fresh = ROOT.issue(spiffe("default", "reviews"))
         provider.rotate(fresh)
         assert (await slow)[0] == 200
-        reader, writer = await asyncio.open_connection(REVIEWS_IP, PORT, ssl=context)
+        _reader, writer = await asyncio.open_connection(REVIEWS_IP, PORT, ssl=context)
         served = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
         assert served == ssl.PEM_cert_to_DER_cert(fresh.chain_pem.decode().split("-----END CERTIFICATE-----")[0]
@@ -181,9 +181,9 @@ def test_rotation_keeps_in_flight_requests_and_new_connections_get_the_new_certi
 ])
 def test_auto_mtls_between_sidecars_verifies_the_server(server_identity: str, status: int) -> None:
     async def body(mesh: Mesh, proxy: RunningProxy, _: StaticProvider) -> None:
-        client, _provider = await start(mesh, CLIENT_ID, SLEEP_CERT, (15001,))
+        await start(mesh, CLIENT_ID, SLEEP_CERT, (15001,))
         async with aiohttp.ClientSession() as http:
-            got, _, text = await send(http, "http://reviews:9080/")
+            got, _headers, text = await send(http, "http://reviews:9080/")
         assert got == status, text
         if status == 200:
             assert proxy.lines[-1].endswith(f'"{spiffe("default", "sleep")}" mtls=true')
