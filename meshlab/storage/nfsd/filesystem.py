@@ -102,6 +102,9 @@ class Filesystem:
             return encode_failure(proc, err.status)
         except OSError as err:
             return encode_failure(proc, status_of(err))
+        except (OverflowError, ValueError):
+            # Offsets past 2**63, NUL bytes in a symlink target: values the OS cannot even be asked about.
+            return encode_failure(proc, Status.NFS3ERR_INVAL)
         return bytes(p)
 
     # --- helpers ---------------------------------------------------------------------------------------
