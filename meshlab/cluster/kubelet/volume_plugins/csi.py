@@ -16,6 +16,15 @@ published is kept in ``vol_data.json`` beside the mount so ``NodeUnpublishVolume
 restart. Failures become ``FailedMount`` events quoting the gRPC code, and the pod worker retries with
 back-off.
 
+Mount propagation: on a real node the driver's container mounts the pods directory with ``mountPropagation:
+Bidirectional``, so the mount it makes at the target path appears on the node. The embedded lab's containers
+run in private mount namespaces without propagation, so when NodePublishVolume succeeded but the target is not
+a mount point here, this plugin (as root) brings the driver's mount over itself: a helper process enters the
+driver's mount namespace (found through the driver socket's peer credentials), clones the mount with
+``open_tree(OPEN_TREE_CLONE)``, returns and attaches it at the same path with ``move_mount`` (Linux ≥ 5.2) —
+the same mount, now visible to the kubelet and to the pod's bind mount. Teardown detaches that copy before
+NodeUnpublishVolume. Without root, the pod gets a FailedMount saying why, never an empty directory.
+
 Paths: a node plugin deployed by a DaemonSet names kubelet paths as ``/var/lib/kubelet/...``; the embedded lab's
 kubelet root is the lab directory instead (pods live in ``<lab>/pods/<uid>``), so the hostPath plugin maps
 ``/var/lib/kubelet`` to it (:func:`meshlab.cluster.kubelet.volume_plugins.local.kubelet_path`) and so does this
@@ -24,12 +33,17 @@ plugin for the endpoint a registrar announces.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +65,52 @@ NODE_ID_ANNOTATION = "csi.volume.kubernetes.io/nodeid"
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 _ACCESS = {"ReadWriteMany": "MULTI_NODE_MULTI_WRITER", "ReadOnlyMany": "MULTI_NODE_READER_ONLY",
            "ReadWriteOncePod": "SINGLE_NODE_SINGLE_WRITER", "ReadWriteOnce": "SINGLE_NODE_WRITER"}
+
+
+# Run in a fresh single-threaded interpreter (setns(CLONE_NEWNS) refuses multi-threaded callers): clone the
+# mount at TARGET in the mount namespace of PID and attach the clone at TARGET in ours. x86_64/arm64 numbers.
+_IMPORT_MOUNT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+OPEN_TREE, MOVE_MOUNT = (428, 429)
+def check(result, what):
+    if result < 0:
+        err = ctypes.get_errno()
+        sys.exit(f"{what}: {os.strerror(err)}")
+    return result
+pid, target = int(sys.argv[1]), sys.argv[2].encode()
+home = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+check(libc.setns(os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY), 0x20000), "setns into the driver")
+tree = check(libc.syscall(OPEN_TREE, -100, target, 1 | 0o2000000 | 0x8000), "open_tree")
+check(libc.setns(home, 0x20000), "setns back")
+check(libc.syscall(MOVE_MOUNT, tree, b"", -100, target, 4), "move_mount")
+"""
+
+
+def socket_peer_pid(path: Path) -> int:
+    """The pid of the process serving the unix socket ``path`` (SO_PEERCRED), 0 when unknown."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(path))
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        except OSError:
+            return 0
+    return int(pid)
+
+
+def import_mount(pid: int, target: Path) -> str:
+    """Attach here the mount process ``pid`` sees at ``target``; returns "" or why it could not."""
+    if os.geteuid() != 0:
+        return "only a root kubelet can bring a mount over from the driver's mount namespace"
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return "the driver shares the kubelet's mount namespace, and mounted nothing there"
+    except OSError as err:
+        return f"cannot see the driver's mount namespace: {err}"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _IMPORT_MOUNT, str(pid), str(target)],
+                          capture_output=True, text=True, timeout=10)
+    return "" if done.returncode == 0 and os.path.ismount(target) else (done.stderr.strip() or "no mount appeared")
 
 
 def ephemeral_handle(pod_uid: str, volume_name: str) -> str:
@@ -274,13 +334,17 @@ class CsiPlugin:
         except grpc.RpcError as err:
             raise ctx.failed(volume, f"kubernetes.io/csi: mounter.SetUpAt failed: {grpc_detail(err)}") from err
         if not os.path.ismount(target):
-            # The driver said yes, but nothing is mounted where this kubelet (and the pod) would see it: never
-            # hand the pod an empty local directory instead of its volume.
-            raise ctx.failed(volume, (
-                f"kubernetes.io/csi: NodePublishVolume of {pub.driver} succeeded but {target} is not a mount point "
-                "in the kubelet's mount namespace: the driver's mount did not propagate to the node (a real "
-                "cluster needs mountPropagation: Bidirectional on the driver's pods volume; the embedded lab's "
-                "container launcher runs each container in a private mount namespace)"))
+            why = await asyncio.to_thread(import_mount, socket_peer_pid(driver.endpoint), target)
+            if why:
+                # The driver said yes, but nothing is mounted where this kubelet (and the pod) would see it: never
+                # hand the pod an empty local directory instead of its volume.
+                raise ctx.failed(volume, (
+                    f"kubernetes.io/csi: NodePublishVolume of {pub.driver} succeeded but {target} is not a mount "
+                    "point in the kubelet's mount namespace: the driver's mount did not propagate to the node (a "
+                    "real cluster needs mountPropagation: Bidirectional on the driver's pods volume; the embedded "
+                    f"lab's containers run in private mount namespaces): {why}"))
+            data = json.loads((volume_dir / VOL_DATA).read_text())
+            (volume_dir / VOL_DATA).write_text(json.dumps({**data, "importedMount": True}))
         return target
 
     async def teardown(self, ctx: VolumeContext, volume: Obj, path: Path) -> None:
@@ -297,6 +361,12 @@ class CsiPlugin:
                 shutil.rmtree(volume_dir)
             return
         driver = self._driver(ctx, volume, driver_name, "unmounter.TearDownAt")
+        if data.get("importedMount") and os.path.ismount(path):
+            # Our copy of the driver's mount goes first; the driver then unmounts its own.
+            done = await asyncio.to_thread(subprocess.run, ["umount", "-l", str(path)], capture_output=True,
+                                           text=True)
+            if done.returncode != 0:
+                raise VolumeError("FailedUnmount", f"kubernetes.io/csi: umount {path}: {done.stderr.strip()}")
         try:
             await driver.node.NodeUnpublishVolume(
                 csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(path)), timeout=self.timeout)
