@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,6 @@ import requests
 from aiohttp import web
 
 from meshlab import kube
-from meshlab.cluster import supervisor
 from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.kube_proxy import (
     Backend,
@@ -40,6 +38,7 @@ from meshlab.cluster.kube_proxy import (
     service_url,
 )
 from meshlab.cluster.labdir import LabDir
+from tests.inprocess import lab_in_thread
 
 # -- the decision -------------------------------------------------------------------------------------------
 
@@ -259,27 +258,19 @@ class Pods:
 @pytest.fixture(scope="module")
 def proxy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabDir, str]]:
     lab = LabDir.named("kube-proxy", tmp_path_factory.mktemp("kube-proxy-home"))
-    port = supervisor.free_port()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
     urls: list[str] = []
 
-    def configure(server: ApiServer) -> list[Any]:
+    def configure(server: ApiServer, port: int) -> list[Any]:
         proxy = KubeProxy(server.rest)
         urls.append(proxy.url)
+        # The apiserver alone plus this kube-proxy: no kubelet to run (and re-address) the pods written here.
         return [Pods(), proxy]
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        # The apiserver alone plus this kube-proxy: no kubelet to run (and re-address) the pods written here.
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
+    with lab_in_thread(lab, configure, timeout=15):
+        yield from _populated(lab, urls)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    for _ in range(300):
-        if supervisor.running(lab) is not None:
-            break
-        threading.Event().wait(0.05)
+
+def _populated(lab: LabDir, urls: list[str]) -> Iterator[tuple[LabDir, str]]:
     c = kube.clients(lab.kubeconfig)
     ready = [{"ip": f"{NET}.0.1"}, {"ip": f"{NET}.0.2"}, {"ip": f"{NET}.0.3"}]
     objects: list[tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]] = [
@@ -306,8 +297,6 @@ def proxy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabDir
     c.core.patch_namespaced_pod_status("caller", "other", {"status": {"phase": "Running", "podIP": f"{NET}.0.7"}})
     c.close()
     yield lab, urls[0]
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=15)
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,13 +13,13 @@ from typing import Any, TypeVar
 import pytest
 
 from meshlab import kube
-from meshlab.cluster import supervisor
 from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.controllers import lab_controllers
 from meshlab.cluster.controllers.namespaces import NamespaceController
 from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.resources import ResourceType
 from tests.cluster.controllers.fake_kubelet import FakeKubelet
+from tests.inprocess import lab_in_thread
 
 T = TypeVar("T")
 
@@ -74,15 +73,12 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 @pytest.fixture(scope="package")
 def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerLab]:
     lab = LabDir.named("controllers", tmp_path_factory.mktemp("controllers-home"))
-    port = supervisor.free_port()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    started = threading.Event()
     holder: dict[str, Any] = {}
     peaks = PodPeaks()
 
-    def configure(server: ApiServer) -> list[Any]:
+    def configure(server: ApiServer, port: int) -> list[Any]:
         holder["server"] = server
+        holder["loop"] = asyncio.get_running_loop()
         peaks.server = server
         server.rest.after_store.append(peaks)
         ca_pem = (lab.pki / "ca.crt").read_bytes()
@@ -90,24 +86,13 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
         # itself; the fake kubelet and the other controllers come from here.
         parts = [c for c in lab_controllers(server.rest, ca_pem=ca_pem) if not isinstance(c, NamespaceController)]
         holder["controllers"] = parts
-        started.set()
         return [FakeKubelet(server.rest), *parts]
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(supervisor.serve(lab, port, configure=configure, stop=stop, runtime=False))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(15)
-    wait_for(lambda: supervisor.running(lab) is not None, 15, "the lab to be ready")
-    clients = kube.clients(lab.kubeconfig)
-    wait_for(lambda: clients.core.list_node().items, 10, "lab-node")
-    yield ControllerLab(lab, clients, holder["server"], peaks, loop, holder["controllers"])
-    clients.close()
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(timeout=15)
-    loop.close()
+    with lab_in_thread(lab, configure, timeout=15):
+        clients = kube.clients(lab.kubeconfig)
+        wait_for(lambda: clients.core.list_node().items, 10, "lab-node")
+        yield ControllerLab(lab, clients, holder["server"], peaks, holder["loop"], holder["controllers"])
+        clients.close()
 
 
 @pytest.fixture()
