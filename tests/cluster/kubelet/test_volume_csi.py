@@ -24,6 +24,7 @@ from meshlab.cluster.kubelet.pluginwatcher import PluginWatcher
 from meshlab.cluster.kubelet.volume_plugins import VolumeError
 from meshlab.cluster.kubelet.volume_plugins.csi import CsiPlugin, access_mode, ephemeral_handle
 from meshlab.cluster.kubelet.volume_plugins.local import kubelet_path
+from meshlab.cluster.kubelet.volume_plugins.pvc import pv_volume
 from meshlab.cluster.rest import WriteOptions
 from meshlab.csiproto import csi_pb2, csi_pb2_grpc, registration_pb2, registration_pb2_grpc
 from tests.cluster.kubelet.volume_lab import Api, Env, new_env, no_token, open_api
@@ -264,13 +265,14 @@ def test_pv_volume_uses_the_pv_name_access_mode_and_mount_options(lab_node: Node
         "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv_name}})
     pod = env.pod([{"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}}], **no_token())
 
+    pv_rt_obj = env.api.rest.get(pv_rt, "", pv_name)
+    _, delegated = pv_volume(pv_rt_obj, read_only=True)  # what the persistentVolumeClaim plugin hands over
+
     async def scenario() -> None:
-        # What the persistentVolumeClaim plugin hands over: the pod's volume name and the PV's csi source.
-        path = await lab_node.csi.setup(lab_node.env.manager._context(pod, env.pod_dir),
-                                        {"name": "data", "csi": source})
+        ctx = lab_node.env.manager._context(pod, env.pod_dir)
+        path = await lab_node.csi.setup(ctx, delegated)
         assert path == env.pod_dir / "volumes" / "kubernetes.io~csi" / pv_name / "mount"
-        await lab_node.csi.teardown(lab_node.env.manager._context(pod, env.pod_dir), {"name": "data", "csi": source},
-                                    path)
+        await lab_node.csi.teardown(ctx, delegated, path)
 
     lab_node.run(scenario())
     (_, publish), _ = lab_node.driver.calls

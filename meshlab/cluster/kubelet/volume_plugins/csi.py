@@ -8,7 +8,8 @@ annotation, and removes both when the driver goes away. Volumes: for a pod's ``v
 *ephemeral* volume: its handle is ``csi-<sha256(pod uid + volume name)>``, its context the
 ``volumeAttributes`` plus ``csi.storage.k8s.io/ephemeral: "true"``; the driver's CSIDriver object must list
 the ``Ephemeral`` lifecycle mode) and for a PersistentVolume's ``spec.csi`` (reached through the claim: the
-``persistentVolumeClaim`` plugin delegates here with ``{"name": <pod volume>, "csi": <pv.spec.csi>}``), the
+``persistentVolumeClaim`` plugin delegates here with ``{"name": <PV name>, "csi": <pv.spec.csi>,
+"mountOptions": [...]}``), the
 plugin calls ``NodePublishVolume`` with the target path ``<pod dir>/volumes/kubernetes.io~csi/<pv or volume
 name>/mount`` (the driver creates and mounts it; no STAGE_UNSTAGE for NFS), the access mode from the PV, its
 ``mountOptions`` as mount flags, and pod information when the CSIDriver asks for ``podInfoOnMount``. What it
@@ -272,14 +273,16 @@ class CsiPlugin:
             pub = Publication(driver_name, ephemeral_handle(ctx.pod_uid, name), name, bool(source.get("readOnly")),
                               "SINGLE_NODE_WRITER", str(source.get("fsType") or ""), (), context, True)
         else:
-            pv = self._persistent_volume(ctx, name)
+            # The persistentVolumeClaim plugin delegates with the PV's name; tests may name the pod's volume.
+            pv = self._persistent_volume(ctx, name) or self._lookup("", "persistentvolumes", "", name)
             pv_spec = (pv or {}).get("spec") or {}
+            options = volume["mountOptions"] if "mountOptions" in volume else pv_spec.get("mountOptions")
             claim_ro = bool(((self._pod_volume(ctx, name) or {}).get("persistentVolumeClaim") or {}).get("readOnly"))
             pub = Publication(driver_name, str(source["volumeHandle"]),
                               str(((pv or {}).get("metadata") or {}).get("name") or name),
                               bool(source.get("readOnly")) or claim_ro,
                               access_mode(list(pv_spec.get("accessModes") or [])), str(source.get("fsType") or ""),
-                              tuple(str(o) for o in pv_spec.get("mountOptions") or []),
+                              tuple(str(o) for o in options or []),
                               {str(k): str(v) for k, v in (source.get("volumeAttributes") or {}).items()}, False)
         if driver_spec.get("podInfoOnMount"):
             pod_spec = ctx.pod.get("spec") or {}
