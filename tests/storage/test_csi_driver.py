@@ -97,7 +97,8 @@ def test_parameters_are_case_insensitive_and_templates_filled() -> None:
 
 def _create(controller: ControllerService, name: str, params: dict[str, str]) -> pb.CreateVolumeResponse:
     capability = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(),
-                                     access_mode=pb.VolumeCapability.AccessMode(mode=5))
+                                     access_mode=pb.VolumeCapability.AccessMode(
+                                         mode=pb.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER))
     return controller.CreateVolume(pb.CreateVolumeRequest(name=name, volume_capabilities=[capability],
                                                           parameters=params))
 
