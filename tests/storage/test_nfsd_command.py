@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from meshlab.errors import StorageError
 from meshlab.storage.nfsd.commands import choose_backend
 from meshlab.storage.nfsd.ganesha import ganesha_unavailable
-from meshlab.storage.nfsd.running import READY_RE
+from meshlab.storage.nfsd.running import READY_RE, start_nfs_server
 
 
 def meshlab_cmd() -> list[str]:
@@ -62,3 +64,19 @@ def test_ganesha_backend_without_ganesha_says_why(tmp_path: Path) -> None:
                              "--backend", "ganesha"], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "ganesha" in result.stderr
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StorageError, match=f"cannot listen on 127.0.0.1:{port}"):
+            with start_nfs_server(tmp_path / "export", port=port):
+                pass
+
+
+def test_unknown_backend_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="unknown NFS server backend 'kernel'"):
+        with start_nfs_server(tmp_path / "export", backend="kernel"):
+            pass

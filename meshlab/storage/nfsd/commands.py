@@ -7,6 +7,7 @@ every mount and unmount, and prints one ``nfs-server ready: ...`` line on stdout
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def _run_python(export: Path, state: Path, host: str, port: int) -> int:
     import logging
     import signal
 
+    from meshlab.errors import StorageError
     from meshlab.storage.nfsd.server import serve_nfs
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -72,7 +74,10 @@ def _run_python(export: Path, state: Path, host: str, port: int) -> int:
         print(f"nfs-server: {message}", flush=True)
 
     async def main() -> None:
-        server = await serve_nfs(export_dir=export, state_dir=state, host=host, port=port, on_event=event)
+        try:
+            server = await serve_nfs(export_dir=export, state_dir=state, host=host, port=port, on_event=event)
+        except OSError as err:
+            raise StorageError(f"nfs-server: cannot listen on {host}:{port}: {err.strerror or err}") from err
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +118,12 @@ def _run_ganesha(export: Path, state: Path, host: str, port: int) -> int:
 
 def main() -> int:
     """``python -m meshlab.storage.nfsd``: the same server without loading the whole CLI."""
+    from meshlab.errors import MeshlabError
+
     parser = argparse.ArgumentParser(prog="python -m meshlab.storage.nfsd")
     add_arguments(parser)
-    return run(parser.parse_args())
+    try:
+        return run(parser.parse_args())
+    except MeshlabError as err:
+        print(f"meshlab nfs-server: {err}", file=sys.stderr)
+        return 1

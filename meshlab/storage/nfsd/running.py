@@ -132,8 +132,10 @@ def _spawn_python(export_dir: Path, state_dir: Path, host: str, port: int,
     cmd = [sys.executable, "-m", "meshlab.storage.nfsd", "--export", str(export_dir), "--state-dir",
            str(state_dir), "--host", host, "--port", str(port), "--backend", "python"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, text=True,
-                            env=env)
+    log_path = state_dir / "nfs-server.log"
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     seen: list[str] = []
@@ -144,7 +146,9 @@ def _spawn_python(export_dir: Path, state_dir: Path, host: str, port: int,
         line = proc.stdout.readline()
         if not line:
             proc.wait()
-            raise StorageError(f"NFS server exited with {proc.returncode} before it was ready: {' '.join(seen)}")
+            proc.stdout.close()
+            raise StorageError(f"NFS server exited with {proc.returncode} before it was ready: "
+                               f"{' '.join(seen)} {_tail(log_path)}".strip())
         seen.append(line.strip())
         match = READY_RE.search(line)
         if match:
@@ -153,7 +157,15 @@ def _spawn_python(export_dir: Path, state_dir: Path, host: str, port: int,
             return proc, int(match.group(3))
     proc.kill()
     proc.wait()
-    raise StorageError(f"NFS server not ready within {timeout} s: {' '.join(seen)}")
+    proc.stdout.close()
+    raise StorageError(f"NFS server not ready within {timeout} s: {' '.join(seen)} {_tail(log_path)}".strip())
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _drain(stream: IO[str]) -> None:
