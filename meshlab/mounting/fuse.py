@@ -257,8 +257,9 @@ def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = 
     """
     operations = NfsOperations(location, subdir, read_only=read_only)
     if not operations.client.is_dir(operations.subdir):
-        raise NfsError("NFS_NOENT", f"{location.export.rstrip('/')}/{operations.subdir} is not a directory "
-                                    f"on {location.server} (the export's subdirectory must exist)")
+        where = posixpath.join(location.export, operations.subdir).rstrip("/") or "/"
+        raise NfsError("NFS_NOENT", f"{where} is not a directory on {location.server} (a volume's directory "
+                                    "must exist on the export before it is mounted)")
     source = f"{location.server}:{posixpath.join(location.export, operations.subdir).rstrip('/') or '/'}"
     options: dict[str, Any] = {"fsname": source, "subtype": FSTYPE, "auto_cache": True,
                                "attr_timeout": 0, "entry_timeout": 0, "negative_timeout": 0}
