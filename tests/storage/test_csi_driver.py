@@ -22,7 +22,7 @@ from meshlab.storage.csi.identity import IdentityService
 from meshlab.storage.csi.parameters import parse_parameters
 from meshlab.storage.csi.serving import CallRecord, build_server, redacted
 from meshlab.storage.csi.volume_id import OnDelete, VolumeId
-from meshlab.storage.nfsd.running import RunningNfsServer
+from meshlab.storage.nfsd.running import RunningNfsServer, start_nfs_server
 from tests.storage.conftest import nfs_server  # noqa: F401  (the fixture)
 
 BASE = {"server": "10.0.0.5", "share": "/export"}
@@ -156,11 +156,23 @@ def _free_port() -> int:
 
 def test_probe_fails_precondition_when_the_nfs_server_is_unreachable() -> None:
     location = NfsLocation("127.0.0.1", "/export", _free_port(), 3)
-    identity = IdentityService(vendor_version="t", health=nfs_health(location, timeout=1.0))
+    identity = IdentityService(vendor_version="t", health=nfs_health(lambda: [location], timeout=1.0))
     with pytest.raises(CsiError) as caught:
         identity.Probe(pb.ProbeRequest())
     assert caught.value.code == "FAILED_PRECONDITION"
     assert "unreachable" in caught.value.message
+
+
+def test_probe_watches_the_shares_the_controller_provisioned_on(tmp_path: Path) -> None:
+    services = build_services("controller")
+    identity, controller = services["Identity"], services["Controller"]
+    assert isinstance(identity, IdentityService) and isinstance(controller, ControllerService)
+    with start_nfs_server(tmp_path / "export", backend="python") as server:
+        _create(controller, "pvc-probe", _params(server))
+        assert identity.Probe(pb.ProbeRequest()).ready.value is True
+    with pytest.raises(CsiError) as caught:   # the server is gone
+        identity.Probe(pb.ProbeRequest())
+    assert caught.value.code == "FAILED_PRECONDITION"
 
 
 @pytest.mark.parametrize(

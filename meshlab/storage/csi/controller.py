@@ -19,6 +19,7 @@ import time
 
 from meshlab.csiproto import csi_pb2
 from meshlab.errors import CsiError, NfsError
+from meshlab.mounting.nfsclient import NfsLocation
 from meshlab.storage.csi.capabilities import capability_problem, check_capabilities, require
 from meshlab.storage.csi.locks import VolumeLocks
 from meshlab.storage.csi.parameters import parse_parameters
@@ -47,6 +48,7 @@ class ControllerService:
         self._connect = connect or _nfs_client
         self.max_volume_bytes = max_volume_bytes
         self.locks = VolumeLocks()
+        self._locations: set[NfsLocation] = set()   # every share touched since start (Probe checks them)
 
     # ------------------------------------------------------------------ CreateVolume
 
@@ -213,7 +215,12 @@ class ControllerService:
         return volume
 
     def _files(self, volume: VolumeId, doing: str) -> _Session:
+        self._locations.add(volume.location)
         return _Session(self._connect, volume, doing)
+
+    def locations_in_use(self) -> list[NfsLocation]:
+        """The NFS shares this controller has worked on since it started."""
+        return sorted(self._locations, key=str)
 
 
 class _Session:
@@ -243,8 +250,7 @@ def _context(volume: VolumeId) -> dict[str, str]:
             "port": str(volume.port), "version": str(volume.version)}
 
 
-def _nfs_client(location: object) -> NfsFiles:
-    from meshlab.mounting.nfsclient import NfsClient, NfsLocation
+def _nfs_client(location: NfsLocation) -> NfsFiles:
+    from meshlab.mounting.nfsclient import NfsClient
 
-    assert isinstance(location, NfsLocation)
     return NfsClient(location)

@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from meshlab.mounting.nfsclient import NfsLocation
@@ -37,18 +37,20 @@ def vendor_version() -> str:
         return "0.0.0-dev"
 
 
-def nfs_health(location: NfsLocation, *, timeout: float = 3.0) -> Callable[[], str | None]:
-    """A Probe check: None when ``location`` answers NFS calls, else what went wrong."""
+def nfs_health(locations: Callable[[], Iterable[NfsLocation]], *, timeout: float = 3.0
+               ) -> Callable[[], str | None]:
+    """A Probe check: None when every location answers NFS calls, else which one failed and how."""
 
     def check() -> str | None:
         from meshlab.errors import NfsError
         from meshlab.mounting.nfsclient import NfsClient
 
-        try:
-            with NfsClient(location, timeout=timeout) as client:
-                client.exists("")
-        except NfsError as err:
-            return f"NFS server {location} unreachable: {err}"
+        for location in locations():
+            try:
+                with NfsClient(location, timeout=timeout) as client:
+                    client.exists("")
+            except NfsError as err:
+                return f"NFS server {location} unreachable: {err}"
         return None
 
     return check
@@ -61,10 +63,14 @@ def build_services(mode: str, *, node_id: str = "", state_dir: Path | None = Non
     """The service objects for ``mode`` (controller, node or both), keyed by CSI service name."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    health = nfs_health(probe) if probe is not None and mode != "node" else None
-    services: dict[str, object] = {"Identity": IdentityService(vendor_version=vendor_version(), health=health)}
+    services: dict[str, object] = {}
+    health = None
     if mode in ("controller", "both"):
-        services["Controller"] = ControllerService(connect=connect, max_volume_bytes=max_volume_bytes)
+        controller = ControllerService(connect=connect, max_volume_bytes=max_volume_bytes)
+        services["Controller"] = controller
+        # Probe checks the --probe-nfs server, else every server this controller has provisioned on.
+        health = nfs_health((lambda: [probe]) if probe is not None else controller.locations_in_use)
+    services = {"Identity": IdentityService(vendor_version=vendor_version(), health=health), **services}
     if mode in ("node", "both"):
         if not node_id:
             raise ValueError("the node service needs a node id (--node-id or $NODE_NAME)")

@@ -4,7 +4,8 @@ Every CSI plugin process serves Identity (CSI spec v1, "Identity Service RPC"): 
 node-driver-registrar and the external-provisioner call GetPluginInfo to learn the driver name,
 GetPluginCapabilities to learn that a Controller service exists and that volumes may grow while in use
 (``VolumeExpansion.ONLINE``), and Probe as a liveness check. Probe answers ``9 FAILED_PRECONDITION``
-when a dependency is missing — here, in controller mode, when the configured NFS server cannot be reached.
+when a dependency is missing — here, in controller mode, when an NFS server cannot be reached: the one
+named by ``--probe-nfs``, else any share the controller has provisioned on since it started.
 """
 
 from __future__ import annotations
