@@ -131,6 +131,8 @@ def test_handles_survive_rename_and_restart_and_go_stale_on_delete(tmp_path: Pat
     f = created_handle(fs.call(Proc.CREATE, a.CreateArgs(d, "f", CreateMode.UNCHECKED), ROOT))
     fs.call(Proc.WRITE, a.WriteArgs(f, 0, StableHow.UNSTABLE, b"hello"), ROOT)
     assert status(fs.call(Proc.RENAME, a.RenameArgs(fs.root_handle(), "d", fs.root_handle(), "e"), ROOT)) == 0
+    assert status(fs.call(Proc.GETATTR, a.FhArgs(f), ROOT)) == Status.NFS3_OK
+    assert fs.index.resolve(f)[0] == str(tmp_path / "export" / "e" / "f")  # followed the rename, no search
     restarted = make_fs(tmp_path)  # a new process: same secret on disk, empty memory
     u = Unpacker(restarted.call(Proc.READ, a.ReadArgs(f, 0, 100), ROOT))
     assert Status(u.uint()) == Status.NFS3_OK

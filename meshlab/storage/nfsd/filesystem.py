@@ -366,10 +366,12 @@ class Filesystem:
         src, dst = self._child(src_dir, args.from_name), self._child(dst_dir, args.to_name)
         self._need(src_st, caller, Access.MODIFY | Access.LOOKUP)
         self._need(dst_st, caller, Access.MODIFY | Access.LOOKUP)
-        if os.path.isdir(src) and (dst + os.sep).startswith(src + os.sep) and src != dst:
+        is_dir = stat.S_ISDIR(os.lstat(src).st_mode)
+        if is_dir and (dst + os.sep).startswith(src + os.sep) and src != dst:
             raise Failure(Status.NFS3ERR_INVAL)  # a directory moved into itself
         os.rename(src, dst)
-        self.index.moved(src, dst)
+        if src != dst:
+            self.index.moved(src, dst, is_dir=is_dir)
         p.uint(Status.NFS3_OK)
         pack_wcc_data(p, wcc_of(self._attr(src_st)), self._lattr(src_dir))
         pack_wcc_data(p, wcc_of(self._attr(dst_st)), self._lattr(dst_dir))

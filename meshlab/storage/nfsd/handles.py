@@ -60,12 +60,21 @@ class HandleIndex:
         self.root_ids = (st.st_dev, st.st_ino)
         # The root's identity is part of the key: a handle from another export (same secret) is refused.
         self._key = hashlib.sha256(secret + _IDS.pack(*self.root_ids)).digest()
-        self._paths: dict[tuple[int, int], str] = {self.root_ids: str(self.root)}
+        self._paths: dict[tuple[int, int], str] = {}
+        self._ids: dict[str, tuple[int, int]] = {}  # the reverse map, so forgetting a path is O(1)
+        self._remember(self.root_ids, str(self.root))
+
+    def _remember(self, ids: tuple[int, int], path: str) -> None:
+        old = self._paths.get(ids)
+        if old is not None and old != path and self._ids.get(old) == ids:
+            del self._ids[old]
+        self._paths[ids] = path
+        self._ids[path] = ids
 
     def handle_for(self, path: str, st: os.stat_result) -> bytes:
         """The handle of ``path`` (whose lstat is ``st``), remembered for resolving."""
         ids = (st.st_dev, st.st_ino)
-        self._paths[ids] = path
+        self._remember(ids, path)
         packed = _IDS.pack(*ids)
         return MAGIC + packed + hmac.new(self._key, packed, hashlib.sha256).digest()[:16]
 
@@ -87,24 +96,30 @@ class HandleIndex:
                 return cached, st
         found = self._walk_for(ids)
         if found is None:
-            self._paths.pop(ids, None)
+            gone = self._paths.pop(ids, None)
+            if gone is not None and self._ids.get(gone) == ids:
+                del self._ids[gone]
             raise StaleHandle("file no longer exists in the export")
         return found
 
     def forget(self, path: str) -> None:
         """Drop ``path`` (removed) from the index."""
-        for ids, known in list(self._paths.items()):
-            if known == path and ids != self.root_ids:
-                del self._paths[ids]
+        ids = self._ids.pop(path, None)
+        if ids is not None and ids != self.root_ids and self._paths.get(ids) == path:
+            del self._paths[ids]
 
-    def moved(self, old: str, new: str) -> None:
-        """``old`` was renamed to ``new``: rewrite it and everything below it."""
+    def moved(self, old: str, new: str, *, is_dir: bool) -> None:
+        """``old`` was renamed to ``new``: rewrite it, and for a directory everything below it."""
+        self.forget(new)  # whatever the rename replaced
+        ids = self._ids.pop(old, None)
+        if ids is not None:
+            self._remember(ids, new)
+        if not is_dir:
+            return
         prefix = old + os.sep
         for ids, known in list(self._paths.items()):
-            if known == old:
-                self._paths[ids] = new
-            elif known.startswith(prefix):
-                self._paths[ids] = new + known[len(old):]
+            if known.startswith(prefix):
+                self._remember(ids, new + known[len(old):])
 
     def _walk_for(self, ids: tuple[int, int]) -> tuple[str, os.stat_result] | None:
         # After a restart (or a change made on disk behind our back) the index has no path for a handle:
@@ -124,9 +139,9 @@ class HandleIndex:
                 if st.st_dev != self.root_ids[0]:
                     continue  # another filesystem mounted inside the export: not served
                 key = (st.st_dev, st.st_ino)
-                self._paths.setdefault(key, entry.path)
+                if key not in self._paths or key == ids:
+                    self._remember(key, entry.path)
                 if key == ids:
-                    self._paths[key] = entry.path
                     return entry.path, st
                 if entry.is_dir(follow_symlinks=False):
                     queue.append(entry.path)
