@@ -1,11 +1,13 @@
 """Citadel as a pod in the embedded lab (``meshlab mesh install`` deploys ``citadel.yaml``): it publishes the trust
 bundle into a new namespace, a service account's token gets a certificate for exactly that account (found
 through the API when DNS fails, as the proxy finds it), a forged CSR still gets the caller's own identity, no
-or a bad token is UNAUTHENTICATED, and ``meshlab citadel rotate-root`` keeps old and new certificates valid."""
+or a bad token is UNAUTHENTICATED, ``/debug/stats`` counts it all, and ``meshlab citadel rotate-root`` keeps old
+and new certificates valid during the overlap, after which only the new root is trusted."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 
 import meshlab.lab
 from meshlab import cli
+from meshlab.errors import CaError
 from meshlab.mesh import installing
 from meshlab.mesh.citadel import ca_pb2
 from meshlab.mesh.citadel.ca import build_csr, generate_key, load_certificates
@@ -128,17 +131,33 @@ def test_callers_without_a_valid_token_are_unauthenticated(mesh: tuple[meshlab.l
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_root_rotation_keeps_old_and_new_certificates_valid(mesh: tuple[meshlab.lab.Lab, str],
-                                                            tmp_path: Path, lab: RunningLab) -> None:
+def test_stats_count_what_citadel_did(mesh: tuple[meshlab.lab.Lab, str]) -> None:
+    handle, namespace = mesh  # the tests above issued certificates, were refused twice and caught a forgery
+    stats = json.loads(handle.get("istio-citadel", 15014, "/debug/stats", namespace=installing.NAMESPACE))
+    assert stats["issued"] >= 2 and stats["refused"] >= 2 and stats["forged"] >= 1
+    assert stats["ca"] == "istio-ca-secret" and stats["trustDomain"] == "cluster.local"
+    assert "PRIVATE" not in json.dumps(stats)
+    roots = handle.get("istio-citadel", 15014, "/roots", namespace=installing.NAMESPACE)
+    assert roots.encode() == bundle(handle, namespace) and "PRIVATE" not in roots
+
+
+def test_root_rotation_overlap_keeps_certificates_valid_then_ends(mesh: tuple[meshlab.lab.Lab, str],
+                                                                  tmp_path: Path, lab: RunningLab) -> None:
     handle, namespace = mesh
     old_roots = bundle(handle, namespace)
     before = certificate(handle, namespace, tmp_path, old_roots)
-    assert cli.main(["citadel", "rotate-root", "--overlap", "1h", "--kubeconfig", str(lab.kubeconfig)]) == 0
+    assert cli.main(["citadel", "rotate-root", "--overlap", "8s", "--kubeconfig", str(lab.kubeconfig)]) == 0
     both = bundle(handle, namespace, roots=2)  # old + new, published by Citadel within seconds
     assert both.startswith(old_roots)
     # Citadel's serving certificate comes from the new root too; the client trusts the bundle.
     after = certificate(handle, namespace, tmp_path, both)
     verify_chain(before.chain_pem, both, trust_domain="cluster.local")
     verify_chain(after.chain_pem, both, trust_domain="cluster.local")
-    with pytest.raises(Exception, match="not signed by a trusted root"):
+    with pytest.raises(CaError, match="not signed by a trusted root"):
         verify_chain(after.chain_pem, old_roots)  # really issued by the new root
+    # The overlap ends: only the new root stays, and certificates from the old one stop verifying.
+    final = bundle(handle, namespace, roots=1, timeout=30)
+    assert final == both[len(old_roots):]
+    verify_chain(after.chain_pem, final)
+    with pytest.raises(CaError, match="not signed by a trusted root"):
+        verify_chain(before.chain_pem, final)
