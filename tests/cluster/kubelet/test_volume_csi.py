@@ -43,6 +43,7 @@ class FakeDriver(csi_pb2_grpc.IdentityServicer, csi_pb2_grpc.NodeServicer):
     calls: list[tuple[str, Any]] = field(default_factory=list)
     fail: grpc.StatusCode | None = None
     mount: bool = True
+    busy: int = 0  # answer ABORTED (a concurrent operation holds the volume's lock) this many times first
 
     def GetPluginInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
         return csi_pb2.GetPluginInfoResponse(name=DRIVER, vendor_version="1")
@@ -52,6 +53,9 @@ class FakeDriver(csi_pb2_grpc.IdentityServicer, csi_pb2_grpc.NodeServicer):
 
     def NodePublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.calls.append(("publish", request))
+        if self.busy:
+            self.busy -= 1
+            context.abort(grpc.StatusCode.ABORTED, "an operation on this volume is in progress")
         if self.fail is not None:
             context.abort(self.fail, "invalid parameter 'colour'")
         os.makedirs(request.target_path, exist_ok=True)
@@ -61,6 +65,9 @@ class FakeDriver(csi_pb2_grpc.IdentityServicer, csi_pb2_grpc.NodeServicer):
 
     def NodeUnpublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.calls.append(("unpublish", request))
+        if self.busy:
+            self.busy -= 1
+            context.abort(grpc.StatusCode.ABORTED, "an operation on this volume is in progress")
         if os.path.ismount(request.target_path):
             subprocess.run(["umount", request.target_path], check=True)
         if os.path.isdir(request.target_path):
@@ -239,6 +246,23 @@ def test_inline_ephemeral_volume_is_published_with_the_kubelets_handle(lab_node:
                                             "csi.storage.k8s.io/ephemeral": "true"}
     assert unpublish.volume_id == publish.volume_id and unpublish.target_path == publish.target_path
     assert not path.parent.exists()
+
+
+@needs_root
+def test_a_busy_volume_is_retried_not_failed(lab_node: Node) -> None:
+    env = lab_node.env
+    create_csidriver(env, ["Ephemeral"])
+    pod = env.pod([inline()], **no_token())
+
+    async def scenario() -> None:
+        lab_node.driver.busy = 2
+        await env.manager.setup(pod, env.pod_dir)
+        lab_node.driver.busy = 2
+        await env.manager.teardown(pod, env.pod_dir)
+
+    lab_node.run(scenario())
+    assert [verb for verb, _ in lab_node.driver.calls] == ["publish"] * 3 + ["unpublish"] * 3
+    assert not (env.pod_dir / "volumes" / "kubernetes.io~csi" / "scratch").exists()
 
 
 def test_inline_volume_needs_the_ephemeral_lifecycle_mode(lab_node: Node) -> None:

@@ -127,6 +127,26 @@ def access_mode(modes: list[str]) -> str:
     return "SINGLE_NODE_WRITER"
 
 
+# Codes that mean "try again shortly": ABORTED is a driver's per-volume lock held by a concurrent call (two pods
+# publishing one volume at once), UNAVAILABLE a driver restarting.
+_TRANSIENT = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+
+
+async def call_retrying(rpc: Any, request: Any, *, timeout: float, patience: float) -> Any:
+    """``rpc(request)``, retried with back-off (0.05 s doubling) on transient codes for ``patience`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + patience, 0.05
+    while True:
+        try:
+            return await rpc(request, timeout=timeout)
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            if code not in _TRANSIENT or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def grpc_detail(err: grpc.RpcError) -> str:
     """``rpc error: code = NAME desc = message``, how the kubelet quotes a driver's failure."""
     code = err.code() if hasattr(err, "code") else None
@@ -333,7 +353,7 @@ class CsiPlugin:
             volume_id=pub.volume_id, target_path=str(target), volume_capability=capability,
             readonly=pub.read_only, volume_context=pub.volume_context)
         try:
-            await driver.node.NodePublishVolume(request, timeout=self.timeout)
+            await call_retrying(driver.node.NodePublishVolume, request, timeout=self.timeout, patience=2.0)
         except grpc.RpcError as err:
             raise ctx.failed(volume, f"kubernetes.io/csi: mounter.SetUpAt failed: {grpc_detail(err)}") from err
         if not os.path.ismount(target):
@@ -371,8 +391,10 @@ class CsiPlugin:
             if done.returncode != 0:
                 raise VolumeError("FailedUnmount", f"kubernetes.io/csi: umount {path}: {done.stderr.strip()}")
         try:
-            await driver.node.NodeUnpublishVolume(
-                csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(path)), timeout=self.timeout)
+            # The pod worker does not retry a failed teardown: be patient here instead.
+            await call_retrying(driver.node.NodeUnpublishVolume,
+                                csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(path)),
+                                timeout=self.timeout, patience=15.0)
         except grpc.RpcError as err:
             raise VolumeError("FailedUnmount", f'UnmountVolume.TearDown failed for volume "{volume.get("name")}" : '
                                                f"kubernetes.io/csi: Unmounter.TearDownAt failed: {grpc_detail(err)}"
