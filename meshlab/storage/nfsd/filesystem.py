@@ -394,45 +394,47 @@ class Filesystem:
         plus = isinstance(args, a.ReaddirPlusArgs)
         directory, dst = self._dir(args.dir)
         self._need(dst, caller, Access.READ)
-        names = sorted(os.listdir(directory))
-        # A cookie is the position after an entry in the sorted listing; the verifier is not checked, so
-        # a directory changing between calls may skip or repeat an entry, as RFC 1813 permits.
-        if args.cookie > len(names):
-            raise Failure(Status.NFS3ERR_BAD_COOKIE)
-        body = Packer()
-        used, names_used, count, eof = 0, 0, 0, True
-        for index in range(args.cookie, len(names)):
-            name = names[index]
-            path = os.path.join(directory, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue  # removed meanwhile
+        # Entries are listed in inode order and an entry's cookie is its inode: "continue after cookie" stays
+        # right while names are removed or added between calls (a client deleting as it lists, like rm -r),
+        # where a position in a listing would skip entries. The verifier is therefore not needed (zeros).
+        with os.scandir(directory) as scan:
+            entries = sorted((e.inode(), e.name) for e in scan if e.inode() > args.cookie)
+        pages: list[tuple[int, bytes]] = []
+        used, names_used, eof = 0, 0, True
+        for ino, name in entries:
             entry = Packer()
             entry.boolean(True)
-            entry.uhyper(st.st_ino)
+            entry.uhyper(ino)
             entry.string(name)
-            entry.uhyper(index + 1)
+            entry.uhyper(ino)
             name_size = len(bytes(entry))
             if plus:
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # removed meanwhile
                 pack_post_op_attr(entry, self._attr(st))
                 pack_post_op_fh(entry, self.index.handle_for(path, st))
             encoded = bytes(entry)
-            limit_hit = used + len(encoded) + 128 > args.maxcount or (
-                plus and args.dircount and names_used + name_size > args.dircount)
-            if limit_hit:
+            if used + len(encoded) + 128 > args.maxcount or (
+                    plus and args.dircount and names_used + name_size > args.dircount):
                 eof = False
+                # Hard links share an inode: never end a page between two of them, or the next call
+                # (entries after this inode) would skip the rest.
+                while pages and pages[-1][0] == ino:
+                    pages.pop()
                 break
-            body.raw(encoded)
+            pages.append((ino, encoded))
             used += len(encoded)
             names_used += name_size
-            count += 1
-        if count == 0 and not eof:
+        if not pages and not eof:
             raise Failure(Status.NFS3ERR_TOOSMALL)
         p.uint(Status.NFS3_OK)
         pack_post_op_attr(p, self._attr(dst))
         p.fixed_opaque(b"\0" * 8, 8)
-        p.raw(bytes(body))
+        for _, encoded in pages:
+            p.raw(encoded)
         p.boolean(False)
         p.boolean(eof)
 
