@@ -18,6 +18,11 @@ annotation ``sidecar.istio.io/status``, and skips pods annotated or labelled ``s
   (an app that listens at ``$POD_IP`` lands on *L* unchanged), and ``HTTP_PROXY`` sends its outbound calls to
   ``$(INSTANCE_IP):15001``. Probes still target P:<port>, so they pass through the sidecar's inbound listener.
 
+When the mesh has a CA (mesh config ``caAddress``), ``istio-proxy`` also gets istio-agent's identity inputs, as
+Istio's template does: ``CA_ADDR``, ``TRUST_DOMAIN`` and ``SECRET_TTL``, the projected token ``istio-token``
+(audience ``istio-ca``) at ``/var/run/secrets/tokens`` and the trust bundle ConfigMap ``istio-ca-root-cert`` at
+``/var/run/secrets/istio``.
+
 The functions are pure: they take plain dicts (what the API returns) and return new ones.
 """
 
@@ -51,11 +56,22 @@ MESH_CONFIGMAP = "meshlab-mesh"  # in istio-system, like Istio's ConfigMap "isti
 WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job")
 
 
+#: Where Istio's injector mounts the istio-ca token and the trust bundle in ``istio-proxy``.
+TOKEN_DIR = "/var/run/secrets/tokens"
+TOKEN_PATH = f"{TOKEN_DIR}/istio-token"
+ROOTS_DIR = "/var/run/secrets/istio"
+ROOTS_CONFIGMAP = "istio-ca-root-cert"
+TOKEN_AUDIENCE = "istio-ca"
+
+
 @dataclass(frozen=True)
 class InjectionConfig:
     mode: Mode = "address"
     image: str = "meshlab/proxyv2:1"
     xds_address: str = "istiod.istio-system.svc:15010"
+    ca_address: str = ""  # Citadel (mesh config caAddress); empty: the mesh has no CA, sidecars talk plaintext
+    trust_domain: str = "cluster.local"
+    cert_ttl: str = ""  # mesh config workloadCertTTL (istio-agent's SECRET_TTL); empty: the CA's default
 
 
 def config_from_mesh(data: Mapping[str, str] | None) -> InjectionConfig:
@@ -67,7 +83,10 @@ def config_from_mesh(data: Mapping[str, str] | None) -> InjectionConfig:
     default = InjectionConfig()
     return InjectionConfig(mode="iptables" if mode == "iptables" else "address",
                            image=str(data.get("proxyImage") or default.image),
-                           xds_address=str(data.get("xdsAddress") or default.xds_address))
+                           xds_address=str(data.get("xdsAddress") or default.xds_address),
+                           ca_address=str(data.get("caAddress") or ""),
+                           trust_domain=str(data.get("trustDomain") or default.trust_domain),
+                           cert_ttl=str(data.get("workloadCertTTL") or ""))
 
 
 def mesh_configmap(config: InjectionConfig) -> Obj:
@@ -140,6 +159,14 @@ def sidecar_container(metadata: Mapping[str, Any], *, config: InjectionConfig, w
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT},
                            "periodSeconds": 1, "failureThreshold": 30},
     }
+    if config.ca_address:
+        # istio-agent's settings and mounts: the CA, the istio-ca token to authenticate with, the trust bundle.
+        container["env"] += [{"name": "CA_ADDR", "value": config.ca_address},
+                             {"name": "TRUST_DOMAIN", "value": config.trust_domain}]
+        if config.cert_ttl:
+            container["env"].append({"name": "SECRET_TTL", "value": config.cert_ttl})
+        container["volumeMounts"] = [{"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                                     {"name": "istiod-ca-cert", "mountPath": ROOTS_DIR, "readOnly": True}]
     if config.mode == "iptables":
         container["securityContext"] = {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                                         "allowPrivilegeEscalation": False}
@@ -212,10 +239,20 @@ def app_container(container: Mapping[str, Any]) -> Obj:
     return out
 
 
-def status_annotation(*, init_containers: list[str], containers: list[str]) -> str:
+def identity_volumes() -> list[Obj]:
+    """Istio's ``istio-token`` (a projected token for the audience ``istio-ca``, 12 h) and ``istiod-ca-cert``
+    (the trust bundle ConfigMap Citadel publishes; optional, so a pod created before it exists still starts
+    and the proxy reads it when it appears)."""
+    return [{"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}}]}},
+            {"name": "istiod-ca-cert", "configMap": {"name": ROOTS_CONFIGMAP, "optional": True}}]
+
+
+def status_annotation(*, init_containers: list[str], containers: list[str], volumes: list[str] | None = None) -> str:
     """What Istio records in ``sidecar.istio.io/status`` (Go's JSON: an empty list is ``null``)."""
     return json.dumps({"initContainers": init_containers or None, "containers": containers or None,
-                       "volumes": None, "imagePullSecrets": None, "revision": "default"}, separators=(",", ":"))
+                       "volumes": volumes or None, "imagePullSecrets": None, "revision": "default"},
+                      separators=(",", ":"))
 
 
 # -- injecting ----------------------------------------------------------------------------------------------------
@@ -233,7 +270,13 @@ def _inject(pod_spec: Mapping[str, Any], metadata: Mapping[str, Any], *, config:
         spec["initContainers"] = [init_container(config=config), *(spec.get("initContainers") or ())]
         inits = [INIT]
     spec["containers"] = [*(spec.get("containers") or ()), sidecar_container(meta, config=config, workload=workload)]
-    meta.setdefault("annotations", {})[STATUS] = status_annotation(init_containers=inits, containers=[SIDECAR])
+    volumes: list[str] = []
+    if config.ca_address:
+        added = [v for v in identity_volumes() if v["name"] not in {w.get("name") for w in spec.get("volumes") or ()}]
+        spec["volumes"] = [*(spec.get("volumes") or ()), *added]
+        volumes = [v["name"] for v in identity_volumes()]
+    meta.setdefault("annotations", {})[STATUS] = status_annotation(init_containers=inits, containers=[SIDECAR],
+                                                                   volumes=volumes)
     return spec, meta
 
 

@@ -9,6 +9,14 @@ inbound listeners find the application. The proxy connects to ``--xds-address`` 
 accepted config to the :class:`~meshlab.mesh.proxy.server.Sidecar`, and exits cleanly on SIGTERM or
 ``POST /quitquitquit``; while Pilot is unreachable it keeps serving its last good config and reconnects.
 
+Identity, as istio-agent provides it: when the injector set ``CA_ADDR`` (the mesh has Citadel), the proxy runs
+a :class:`~meshlab.mesh.citadel.client.CertificateProvider` that authenticates with the projected token
+``/var/run/secrets/tokens/istio-token`` (audience ``istio-ca``; the pod's default service-account token if
+absent), trusts the bundle in ``/var/run/secrets/istio/root-cert.pem`` and asks for ``SECRET_TTL``; every
+certificate it obtains or renews becomes the sidecar's TLS contexts, and ``/ready`` waits for the first one
+(Envoy's listeners wait for their SDS secrets the same way). Where the lab's kubelet cannot mount volumes at
+their paths it lists them in ``MESHLAB_MOUNTS`` (mountPath → host path), which the proxy follows.
+
 Finding Pilot without DNS: the embedded lab has no cluster DNS, so ``istiod.istio-system.svc:15010`` does not
 resolve there. When ``getaddrinfo`` fails for the host and the pod has in-cluster credentials, the proxy reads
 the Service (``<svc>.<ns>[.svc[.<domain>]]``, or ``<svc>`` in its own namespace) and its EndpointSlices from
@@ -157,14 +165,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a client has to send a request's headers (default: 10)")
 
 
-async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: str) -> None:
+TOKEN_PATH = "/var/run/secrets/tokens/istio-token"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+ROOTS_PATH = "/var/run/secrets/istio/root-cert.pem"
+
+
+def mounted(path: str, env: Mapping[str, str]) -> str:
+    """Where ``path`` of a volume really is: itself, or under the host path ``MESHLAB_MOUNTS`` gives its mount."""
+    try:
+        table = json.loads(env.get("MESHLAB_MOUNTS") or "{}")
+    except json.JSONDecodeError:
+        table = {}
+    if not isinstance(table, dict) or os.path.exists(path):
+        return path
+    for target in sorted(table, key=len, reverse=True):
+        prefix = str(target).rstrip("/")
+        if path == prefix or path.startswith(prefix + "/"):
+            return str(table[target]) + path[len(prefix):]
+    return path
+
+
+def ttl_seconds(text: str) -> float | None:
+    """``SECRET_TTL`` as Go writes durations (``24h``, ``90s``) or plain seconds; empty: the CA decides."""
+    if not text:
+        return None
+    from meshlab.mesh.citadel.settings import parse_duration
+
+    return parse_duration(text).total_seconds()
+
+
+def certificate_provider(env: Mapping[str, str], resolver: ApiResolver) -> Any:
+    """The istio-agent part: a ``CertificateProvider`` when the mesh has a CA (``CA_ADDR``), else None."""
+    ca_address = env.get("CA_ADDR") or ""
+    if not ca_address:
+        return None
+    from pathlib import Path
+
+    from meshlab.mesh.citadel.client import CertificateProvider
+
+    token = mounted(TOKEN_PATH, env)
+    if not os.path.exists(token):
+        token = mounted(DEFAULT_TOKEN_PATH, env)
+    return CertificateProvider(ca_address, Path(token), ca_roots_pem=None, ttl=ttl_seconds(env.get("SECRET_TTL", "")),
+                               resolve=lambda: asyncio.to_thread(resolver, ca_address),
+                               trust_domain=env.get("TRUST_DOMAIN") or None,
+                               roots_path=Path(mounted(ROOTS_PATH, env)))
+
+
+async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: str,
+                      env: Mapping[str, str] | None = None) -> None:
     """Serve until ``/quitquitquit``, SIGTERM or cancellation."""
     from meshlab.mesh.proxy.admin import RecordingSession
     from meshlab.mesh.proxy.server import Sidecar
     from meshlab.mesh.proxy.xds_client import AdsClient
 
     resolve = ApiResolver(identity.namespace, in_cluster_api())
+    provider = certificate_provider(env if env is not None else os.environ, resolve)
+    if provider is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, require_certificate=True)
     sidecar = Sidecar(settings)
+    identity_task: asyncio.Task[Any] | None = None
+    if provider is not None:
+        sidecar.tls.follow(provider)  # takes the first certificate and every rotation
+        identity_task = asyncio.create_task(provider.start())
     session = RecordingSession(identity.to_node())
     client = AdsClient(session, target=xds_address,
                        on_config=lambda config: sidecar.apply(config, dict(session.resources)),
@@ -182,6 +247,12 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
         ads.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ads
+        if provider is not None:
+            assert identity_task is not None
+            identity_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await identity_task
+            await provider.stop()
 
 
 def run(args: argparse.Namespace) -> int:

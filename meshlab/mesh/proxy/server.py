@@ -84,6 +84,7 @@ class Settings:
     header_timeout: float = 10.0  # request_headers_timeout: the whole head must arrive within this
     idle_timeout: float = 300.0  # a keep-alive connection without a request for this long is closed
     drain_time: float = 5.0  # how long /quitquitquit and stop() wait for requests in flight
+    require_certificate: bool = False  # the mesh has a CA: not ready before the first workload certificate
 
 
 @dataclass
@@ -196,7 +197,8 @@ class Sidecar:
     @property
     def ready(self) -> bool:
         """Envoy's /ready: LIVE once listeners and their routes have been applied."""
-        return bool(self.config.versions.get(xds.LISTENER)) and bool(self.config.versions.get(xds.ROUTE))
+        certified = self.tls.certificate is not None or not self.settings.require_certificate
+        return bool(self.config.versions.get(xds.LISTENER)) and bool(self.config.versions.get(xds.ROUTE)) and certified
 
     @property
     def listening_ports(self) -> list[int]:
