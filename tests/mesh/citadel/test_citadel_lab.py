@@ -65,9 +65,9 @@ def bundle(handle: meshlab.lab.Lab, namespace: str, *, roots: int = 1, timeout: 
         time.sleep(0.2)
 
 
-def token(handle: meshlab.lab.Lab, namespace: str, account: str = "web") -> str:
+def token(handle: meshlab.lab.Lab, namespace: str, account: str = "web", audience: str = "istio-ca") -> str:
     # What the kubelet projects into a pod for Istio (audience istio-ca).
-    request: Any = {"spec": {"audiences": ["istio-ca"], "expirationSeconds": 3600}}
+    request: Any = {"spec": {"audiences": [audience], "expirationSeconds": 3600}}
     answer: Any = handle.clients.core.create_namespaced_service_account_token(account, namespace, request)
     return str(answer.status.token)
 
@@ -119,13 +119,18 @@ def test_a_forged_csr_gets_the_callers_identity(mesh: tuple[meshlab.lab.Lab, str
     assert verify_chain("".join(chain), roots).spiffe_id == f"spiffe://cluster.local/ns/{namespace}/sa/web"
 
 
-@pytest.mark.parametrize("metadata", [
-    pytest.param((), id="[Error] no token"),
-    pytest.param((("authorization", "Bearer not.a.token"),), id="[Error] invalid token"),
+@pytest.mark.parametrize("audience", [
+    pytest.param(None, id="[Error] no token"),
+    pytest.param("", id="[Error] invalid token"),
+    pytest.param("vault", id="[Error] a token for another audience"),
 ])
 def test_callers_without_a_valid_token_are_unauthenticated(mesh: tuple[meshlab.lab.Lab, str],
-                                                           metadata: tuple[tuple[str, str], ...]) -> None:
+                                                           audience: str | None) -> None:
     handle, namespace = mesh
+    metadata: tuple[tuple[str, str], ...] = ()
+    if audience is not None:
+        bearer = token(handle, namespace, audience=audience) if audience else "not.a.token"
+        metadata = (("authorization", f"Bearer {bearer}"),)
     with pytest.raises(grpc.RpcError) as caught:
         create(handle, namespace, bundle(handle, namespace), build_csr(generate_key()), metadata)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
