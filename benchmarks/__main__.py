@@ -7,6 +7,7 @@ runs on 127.0.0.1 with bounded counts; figures are medians of repeated runs with
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import statistics
@@ -28,6 +29,12 @@ from meshlab.cluster import supervisor
 from meshlab.cluster.labdir import LabDir
 
 Row = tuple[str, str, str, str]
+
+# Later areas: each module's ``run()`` returns its rows.
+AREAS = {
+    "security": ("benchmarks.citadel",),
+    "storage": ("benchmarks.nfs",),
+}
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--watchers", type=int, default=50)
     parser.add_argument("--writes", type=int, default=1000)
-    parser.add_argument("--only", choices=["apiserver", "runtime", "mesh"], default=None)
+    parser.add_argument("--only", choices=["apiserver", "runtime", "mesh", *AREAS], default=None)
     parser.add_argument("--mesh-duration", type=float, default=10.0,
                         help="seconds per mesh latency run (Istio's published figures use 30)")
     args = parser.parse_args(argv)
@@ -165,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_runtime(home, min(args.runs, 3))
     if args.only in (None, "mesh"):
         rows += bench_mesh(args.mesh_duration)
+    for area, modules in AREAS.items():
+        if args.only in (None, area):
+            for module in modules:
+                rows += [(*row, "") if len(row) == 3 else row  # (measure, result, target[, verdict])
+                         for row in importlib.import_module(module).run()]
     shutil.rmtree(home, ignore_errors=True)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'median':>16}  {'target':>10}  result")
