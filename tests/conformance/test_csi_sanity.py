@@ -132,6 +132,7 @@ class Sanity:
     server: RunningNfsServer
     work: Path
     volumes: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
     published: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -151,6 +152,13 @@ class Sanity:
         self.volumes.append(response.volume.volume_id)
         return response.volume
 
+    def snapshot(self, name: str, source_volume_id: str) -> tuple[Any, grpc.RpcError | None]:
+        response, err = call(self.driver.controller.CreateSnapshot,
+                             pb.CreateSnapshotRequest(name=name, source_volume_id=source_volume_id))
+        if err is None:
+            self.snapshots.append(response.snapshot.snapshot_id)
+        return response, err
+
     def publish(self, volume_id: str, target: Path, mode: int = Mode.SINGLE_NODE_WRITER,
                 readonly: bool = False) -> tuple[Any, grpc.RpcError | None]:
         request = pb.NodePublishVolumeRequest(volume_id=volume_id, target_path=str(target),
@@ -164,6 +172,8 @@ class Sanity:
         for volume_id, target in reversed(self.published):
             call(self.driver.node.NodeUnpublishVolume,
                  pb.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target))
+        for snapshot_id in reversed(self.snapshots):
+            call(self.driver.controller.DeleteSnapshot, pb.DeleteSnapshotRequest(snapshot_id=snapshot_id))
         for volume_id in reversed(self.volumes):
             call(self.driver.controller.DeleteVolume, pb.DeleteVolumeRequest(volume_id=volume_id))
 
@@ -276,6 +286,11 @@ CASES: dict[str, Case] = {
     "D1 DeleteSnapshot without an id": Case("controller", "DeleteSnapshot", lambda s: pb.DeleteSnapshotRequest(),
                                             grpc.StatusCode.INVALID_ARGUMENT,
                                             ("controller", CtrlRPC.CREATE_DELETE_SNAPSHOT)),
+    "D2 DeleteSnapshot of an unknown id is OK": Case(
+        "controller", "DeleteSnapshot", lambda s: pb.DeleteSnapshotRequest(snapshot_id="reallyfakesnapshotid"), None,
+        ("controller", CtrlRPC.CREATE_DELETE_SNAPSHOT)),
+    "N2 CreateSnapshot without a source": Case("controller", "CreateSnapshot", lambda s: pb.CreateSnapshotRequest(
+        name="name"), grpc.StatusCode.INVALID_ARGUMENT, ("controller", CtrlRPC.CREATE_DELETE_SNAPSHOT)),
     "N1 CreateSnapshot without a name": Case("controller", "CreateSnapshot", lambda s: pb.CreateSnapshotRequest(
         source_volume_id="testId"), grpc.StatusCode.INVALID_ARGUMENT, ("controller", CtrlRPC.CREATE_DELETE_SNAPSHOT)),
     "E1 ControllerExpandVolume without an id": Case(
@@ -367,7 +382,7 @@ KNOWN_CONTROLLER_CAPS = set(CtrlRPC.Type.values()) - {CtrlRPC.UNKNOWN}
 def test_C1_controller_capabilities_are_known(driver: Driver) -> None:
     assert driver.controller_caps and driver.controller_caps <= KNOWN_CONTROLLER_CAPS
     assert {CtrlRPC.CREATE_DELETE_VOLUME, CtrlRPC.EXPAND_VOLUME, CtrlRPC.CLONE_VOLUME,
-            CtrlRPC.SINGLE_NODE_MULTI_WRITER} <= driver.controller_caps
+            CtrlRPC.SINGLE_NODE_MULTI_WRITER, CtrlRPC.CREATE_DELETE_SNAPSHOT} <= driver.controller_caps
 
 
 def test_C9_C10_create_with_capacity_makes_the_directory(sanity: Sanity) -> None:
@@ -412,6 +427,59 @@ def test_C16_clone_copies_the_source(sanity: Sanity) -> None:
     sanity.volumes.append(response.volume.volume_id)
     assert response.volume.content_source.volume.volume_id == source.volume_id
     assert (sanity.server.export_dir / clone_name / "data.txt").read_text() == "cloned bytes"
+
+
+def test_C14_volume_from_a_snapshot_has_the_snapshot_contents(sanity: Sanity) -> None:
+    skip_unless(sanity.driver.controller_caps, CtrlRPC.CREATE_DELETE_SNAPSHOT, CtrlRPC.Type)
+    source_name = unique("sanity")
+    source = sanity.create(source_name)
+    (sanity.server.export_dir / source_name / "data.txt").write_text("before the snapshot")
+    snap, err = sanity.snapshot(unique("snap"), source.volume_id)
+    assert err is None, err.details()
+    assert snap.snapshot.ready_to_use and snap.snapshot.source_volume_id == source.volume_id
+    assert snap.snapshot.size_bytes == len("before the snapshot")
+    (sanity.server.export_dir / source_name / "data.txt").write_text("after")
+    name = unique("sanity")
+    request = sanity.create_request(name)
+    request.volume_content_source.snapshot.snapshot_id = snap.snapshot.snapshot_id
+    response, err = call(sanity.driver.controller.CreateVolume, request)
+    assert err is None, err.details()
+    sanity.volumes.append(response.volume.volume_id)
+    assert response.volume.content_source.snapshot.snapshot_id == snap.snapshot.snapshot_id
+    assert (sanity.server.export_dir / name / "data.txt").read_text() == "before the snapshot"
+
+
+@pytest.mark.parametrize("name_length", [20, 128], ids=["N3-short-name", "N5-maximum-length-name"])
+def test_N3_N5_snapshot_twice_with_the_same_source_is_the_same(sanity: Sanity, name_length: int) -> None:
+    skip_unless(sanity.driver.controller_caps, CtrlRPC.CREATE_DELETE_SNAPSHOT, CtrlRPC.Type)
+    volume = sanity.create()
+    name = unique("snap").ljust(name_length, "x")
+    first, err1 = sanity.snapshot(name, volume.volume_id)
+    second, err2 = sanity.snapshot(name, volume.volume_id)
+    assert err1 is None and err2 is None
+    assert first.snapshot.snapshot_id == second.snapshot.snapshot_id
+
+
+def test_N4_same_snapshot_name_different_source_already_exists(sanity: Sanity) -> None:
+    skip_unless(sanity.driver.controller_caps, CtrlRPC.CREATE_DELETE_SNAPSHOT, CtrlRPC.Type)
+    name = unique("snap")
+    _, err = sanity.snapshot(name, sanity.create().volume_id)
+    assert err is None, err.details()
+    response, err = sanity.snapshot(name, sanity.create().volume_id)
+    expect_error_code(response, err, grpc.StatusCode.ALREADY_EXISTS)
+
+
+def test_D3_delete_snapshot(sanity: Sanity) -> None:
+    skip_unless(sanity.driver.controller_caps, CtrlRPC.CREATE_DELETE_SNAPSHOT, CtrlRPC.Type)
+    snap, err = sanity.snapshot(unique("snap"), sanity.create().volume_id)
+    assert err is None, err.details()
+    snapshots_dir = sanity.server.export_dir / ".meshlab-snapshots"
+    assert len(list(snapshots_dir.iterdir())) >= 1
+    before = set(snapshots_dir.iterdir())
+    response, err = call(sanity.driver.controller.DeleteSnapshot,
+                         pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot.snapshot_id))
+    assert err is None and response is not None
+    assert len(before - set(snapshots_dir.iterdir())) == 1
 
 
 def test_C22_delete_removes_the_directory(sanity: Sanity) -> None:

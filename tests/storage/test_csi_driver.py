@@ -21,7 +21,7 @@ from meshlab.storage.csi.driver import build_services, nfs_health, parse_locatio
 from meshlab.storage.csi.identity import IdentityService
 from meshlab.storage.csi.parameters import parse_parameters
 from meshlab.storage.csi.serving import CallRecord, build_server, redacted
-from meshlab.storage.csi.volume_id import OnDelete, VolumeId
+from meshlab.storage.csi.volume_id import OnDelete, SnapshotId, VolumeId, safe_subdir
 from meshlab.storage.nfsd.running import RunningNfsServer, start_nfs_server
 from tests.storage.conftest import nfs_server  # noqa: F401  (the fixture)
 
@@ -54,6 +54,21 @@ def test_volume_id_round_trips() -> None:
     volume = VolumeId("127.0.0.1", "/export", "a/b", "pvc-9", OnDelete.ARCHIVE, 2050, 4)
     assert VolumeId.parse(str(volume)) == volume
     assert volume.archived_subdir() == "a/archived-b"
+
+
+def test_snapshot_ids_round_trip_and_are_never_volume_ids() -> None:
+    snapshot = SnapshotId("127.0.0.1", "/export", "snap-1", 2050, 4)
+    assert SnapshotId.parse(str(snapshot)) == snapshot
+    assert VolumeId.parse(str(snapshot)) is None           # DeleteVolume of a snapshot id deletes nothing
+    assert SnapshotId.parse(str(VolumeId("a", "b", "c", "n"))) is None
+
+
+@pytest.mark.parametrize("subdir", [".meshlab-volumes/x", ".meshlab-snapshots", "a/../../b", "a#b", "\x01"],
+                         ids=["index-dir", "snapshot-dir", "traversal", "separator", "control-character"])
+def test_unsafe_subdirs_are_refused(subdir: str) -> None:
+    with pytest.raises(CsiError) as caught:
+        safe_subdir(subdir)
+    assert caught.value.code == "INVALID_ARGUMENT"
 
 
 # ---------------------------------------------------------------------------------------------- parameters

@@ -9,6 +9,8 @@ call with the same name and a compatible size returns the same volume and an inc
 ``onDelete`` (delete / retain / archive) and answers OK for ids it cannot parse, as the spec requires;
 ValidateVolumeCapabilities answers ``5 NOT_FOUND`` for a missing directory (upstream does not look).
 ControllerExpandVolume records the new size: NFS enforces no quota, so the size is a promise, not a limit.
+CreateSnapshot copies the directory through NFS (:mod:`.snapshots`); CreateVolume copies a snapshot or,
+for a clone, another volume into the new directory.
 Every method takes the request message and returns the response message or raises
 :class:`meshlab.errors.CsiError`; the gRPC server (:mod:`.serving`) only moves bytes.
 """
@@ -32,12 +34,14 @@ from meshlab.storage.csi.records import (
     read_record,
     write_record,
 )
-from meshlab.storage.csi.volume_id import OnDelete, VolumeId, safe_subdir
+from meshlab.storage.csi.snapshots import read_snapshot, snapshot_data, take_snapshot
+from meshlab.storage.csi.volume_id import OnDelete, SnapshotId, VolumeId, safe_subdir
 
 __all__ = ["CONTROLLER_CAPABILITIES", "DEFAULT_MAX_VOLUME_BYTES", "ControllerService"]
 
 RPC = csi_pb2.ControllerServiceCapability.RPC
-CONTROLLER_CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CLONE_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER)
+CONTROLLER_CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CLONE_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER,
+                           RPC.CREATE_DELETE_SNAPSHOT)
 DEFAULT_MAX_VOLUME_BYTES = 1 << 40   # 1 TiB: a promise NFS will not enforce, so keep it honest-looking
 
 
@@ -62,7 +66,7 @@ class ControllerService:
         location = params.location
         volume_id = VolumeId(location.server, location.export, subdir, request.name, params.on_delete,
                              location.port, location.version)
-        source = self._clone_source(request, volume_id)
+        source = self._content_source(request, volume_id)
         with self.locks.hold(request.name), self._files(volume_id, "creating the volume directory") as files:
             existing = read_record(files, request.name)
             if existing is not None:
@@ -70,12 +74,12 @@ class ControllerService:
                 files.makedirs(subdir)   # a record without its directory (deleted by hand): make it again
                 return self._response(existing, request)
             if source is not None:
-                self._clone(files, source, volume_id)
+                self._copy(files, source[0], source[1], volume_id)
             else:
                 files.makedirs(subdir)
             if params.mount_permissions is not None:
                 files.chmod(subdir, params.mount_permissions)
-            record = VolumeRecord(request.name, str(volume_id), capacity, str(source) if source else "")
+            record = VolumeRecord(request.name, str(volume_id), capacity, source[0] if source else "")
             write_record(files, record)   # the commit point: a retry before it starts over
             return self._response(record, request)
 
@@ -90,23 +94,30 @@ class ControllerService:
                            f"{self.max_volume_bytes}")
         return required or min(limit, self.max_volume_bytes)
 
-    def _clone_source(self, request: csi_pb2.CreateVolumeRequest, target: VolumeId) -> VolumeId | None:
+    def _content_source(self, request: csi_pb2.CreateVolumeRequest, target: VolumeId
+                        ) -> tuple[str, str, NfsLocation] | None:
+        """(source id, directory to copy, its share) of the request's content source, or None."""
         if not request.HasField("volume_content_source"):
             return None
         content = request.volume_content_source
+        source: VolumeId | SnapshotId | None
         if content.HasField("snapshot"):
-            raise CsiError("INVALID_ARGUMENT", "creating a volume from a snapshot is not supported by this driver")
-        require(content.volume.volume_id, "source volume id")
-        source = VolumeId.parse(content.volume.volume_id)
+            require(content.snapshot.snapshot_id, "source snapshot id")
+            source_id, source = content.snapshot.snapshot_id, SnapshotId.parse(content.snapshot.snapshot_id)
+            directory = snapshot_data(source) if source is not None else ""
+        else:
+            require(content.volume.volume_id, "source volume id")
+            source_id, source = content.volume.volume_id, VolumeId.parse(content.volume.volume_id)
+            directory = source.subdir if source is not None else ""
         if source is None:
-            raise CsiError("NOT_FOUND", f"source volume {content.volume.volume_id!r} does not exist")
+            raise CsiError("NOT_FOUND", f"content source {source_id!r} does not exist")
         if source.location != target.location:
-            raise CsiError("INVALID_ARGUMENT", f"source volume is on {source.location}, the new volume on "
-                           f"{target.location}: clones stay on one share")
-        return source
+            raise CsiError("INVALID_ARGUMENT", f"content source is on {source.location}, the new volume on "
+                           f"{target.location}: copies stay on one share")
+        return source_id, directory, source.location
 
     def _check_compatible(self, existing: VolumeRecord, request: csi_pb2.CreateVolumeRequest,
-                          volume_id: str, source: VolumeId | None) -> None:
+                          volume_id: str, source: tuple[str, str, NfsLocation] | None) -> None:
         required, limit = request.capacity_range.required_bytes, request.capacity_range.limit_bytes
         size = existing.capacity_bytes
         if (required and size < required) or (limit and size > limit):
@@ -115,16 +126,16 @@ class ControllerService:
         if existing.volume_id != volume_id:
             raise CsiError("ALREADY_EXISTS", f"volume {request.name!r} exists as {existing.volume_id}, "
                            f"not {volume_id} (different parameters)")
-        if existing.source_volume_id != (str(source) if source else ""):
+        if existing.source_volume_id != (source[0] if source else ""):
             raise CsiError("ALREADY_EXISTS", f"volume {request.name!r} exists with a different content source")
 
-    def _clone(self, files: NfsFiles, source: VolumeId, target: VolumeId) -> None:
-        if not files.is_dir(source.subdir):
-            raise CsiError("NOT_FOUND", f"source volume {source} does not exist (no directory {source.subdir})")
+    def _copy(self, files: NfsFiles, source_id: str, directory: str, target: VolumeId) -> None:
+        if not files.is_dir(directory):
+            raise CsiError("NOT_FOUND", f"content source {source_id!r} does not exist (no directory {directory})")
         if files.exists(target.subdir):
-            raise CsiError("ALREADY_EXISTS", f"directory {target.subdir} already exists; refusing to clone over it")
+            raise CsiError("ALREADY_EXISTS", f"directory {target.subdir} already exists; refusing to copy over it")
         try:
-            files.copytree(source.subdir, target.subdir)
+            files.copytree(directory, target.subdir)
         except BaseException:
             files.rmtree(target.subdir)   # never leave a half copy that a retry would take for a volume
             raise
@@ -192,6 +203,37 @@ class ControllerService:
             write_record(files, VolumeRecord(record.name, record.volume_id, capacity, record.source_volume_id))
         # NFS has no filesystem on the node to grow: the kubelet need not call NodeExpandVolume.
         return csi_pb2.ControllerExpandVolumeResponse(capacity_bytes=capacity, node_expansion_required=False)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def CreateSnapshot(self, request: csi_pb2.CreateSnapshotRequest) -> csi_pb2.CreateSnapshotResponse:
+        require(request.name, "snapshot name")
+        require(request.source_volume_id, "source volume id")
+        if request.parameters:
+            raise CsiError("INVALID_ARGUMENT", f"invalid snapshot parameter {sorted(request.parameters)[0]!r} "
+                           "(this driver takes none)")
+        source = VolumeId.parse(request.source_volume_id)
+        if source is None:
+            raise CsiError("NOT_FOUND", f"source volume {request.source_volume_id!r} does not exist")
+        snapshot = SnapshotId(source.server, source.share, request.name, source.port, source.version)
+        with self.locks.hold(f"snapshot/{request.name}"), self._files(source, "taking the snapshot") as files:
+            existing = read_snapshot(files, snapshot)
+            if existing is not None and existing.source_volume_id != request.source_volume_id:
+                raise CsiError("ALREADY_EXISTS", f"snapshot {request.name!r} exists for another source volume "
+                               f"({existing.source_volume_id})")
+            record = existing or take_snapshot(files, snapshot, source, request.source_volume_id)
+        return csi_pb2.CreateSnapshotResponse(snapshot=record.to_message())
+
+    def DeleteSnapshot(self, request: csi_pb2.DeleteSnapshotRequest) -> csi_pb2.DeleteSnapshotResponse:
+        require(request.snapshot_id, "snapshot id")
+        snapshot = SnapshotId.parse(request.snapshot_id)
+        if snapshot is None:
+            return csi_pb2.DeleteSnapshotResponse()   # not ours, so it does not exist: OK
+        volume = VolumeId(snapshot.server, snapshot.share, snapshot.directory, snapshot.name, OnDelete.DELETE,
+                          snapshot.port, snapshot.version)
+        with self.locks.hold(f"snapshot/{snapshot.name}"), self._files(volume, "deleting the snapshot") as files:
+            files.rmtree(snapshot.directory)
+        return csi_pb2.DeleteSnapshotResponse()
 
     # ------------------------------------------------------------------ capabilities
 

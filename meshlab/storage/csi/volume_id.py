@@ -18,16 +18,20 @@ volume name is refused with INVALID_ARGUMENT.
 from __future__ import annotations
 
 import enum
+import hashlib
 import posixpath
 from dataclasses import dataclass
 
 from meshlab.errors import CsiError
 from meshlab.mounting.nfsclient import NfsLocation
 
-__all__ = ["INDEX_DIR", "OnDelete", "VolumeId", "safe_subdir"]
+__all__ = ["INDEX_DIR", "SNAPSHOT_DIR", "OnDelete", "SnapshotId", "VolumeId", "safe_subdir"]
 
 SEPARATOR = "#"
 INDEX_DIR = ".meshlab-volumes"  # the driver's records on the export (capacity per volume name)
+SNAPSHOT_DIR = ".meshlab-snapshots"  # snapshot copies, one directory per snapshot name
+_RESERVED = (INDEX_DIR, SNAPSHOT_DIR)
+_SNAPSHOT_MARK = "snapshot"   # the 5th field of a snapshot id, where a volume id has onDelete
 
 
 class OnDelete(enum.Enum):
@@ -84,6 +88,47 @@ class VolumeId:
         return posixpath.join(parent, f"archived-{leaf}")
 
 
+@dataclass(frozen=True)
+class SnapshotId:
+    """A snapshot: a copy of a volume's directory kept on the same share under ``.meshlab-snapshots/``.
+
+    Written like a volume id with ``snapshot`` where a volume id has ``onDelete``, so no snapshot id is
+    ever taken for a volume id (upstream's snapshot id is ``{server}#{baseDir}#{name}#{name}#{source}``)::
+
+        {server}#{share}#.meshlab-snapshots/{sha256(name)}#{name}#snapshot#{port}#{version}
+    """
+
+    server: str
+    share: str
+    name: str
+    port: int = 2049
+    version: int = 3
+
+    @property
+    def location(self) -> NfsLocation:
+        return NfsLocation(server=self.server, export=self.share, port=self.port, version=self.version)
+
+    @property
+    def directory(self) -> str:
+        # Hash: snapshot names may be 128 characters of any Unicode.
+        return f"{SNAPSHOT_DIR}/{hashlib.sha256(self.name.encode()).hexdigest()}"
+
+    def __str__(self) -> str:
+        return SEPARATOR.join([self.server, self.share, self.directory, self.name, _SNAPSHOT_MARK,
+                               str(self.port), str(self.version)])
+
+    @classmethod
+    def parse(cls, text: str) -> SnapshotId | None:
+        fields = text.split(SEPARATOR)
+        if len(fields) != 7 or fields[4] != _SNAPSHOT_MARK or not all(fields):
+            return None
+        try:
+            snapshot = cls(fields[0], fields[1], fields[3], int(fields[5]), int(fields[6]))
+        except ValueError:
+            return None
+        return snapshot if snapshot.directory == fields[2] else None
+
+
 def safe_subdir(raw: str, *, what: str = "subDir") -> str:
     """``raw`` as a clean relative path under the share, or INVALID_ARGUMENT saying why not."""
     if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in raw):
@@ -95,6 +140,6 @@ def safe_subdir(raw: str, *, what: str = "subDir") -> str:
         raise CsiError("INVALID_ARGUMENT", f"{what} {raw!r} escapes the share (path traversal refused)")
     if not parts:
         raise CsiError("INVALID_ARGUMENT", f"{what} {raw!r} names no directory under the share")
-    if parts[0] == INDEX_DIR:
-        raise CsiError("INVALID_ARGUMENT", f"{what} {raw!r} is the driver's own index directory")
+    if parts[0] in _RESERVED:
+        raise CsiError("INVALID_ARGUMENT", f"{what} {raw!r} is inside the driver's own directory {parts[0]}")
     return "/".join(parts)
