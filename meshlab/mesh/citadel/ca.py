@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshlab.errors import CaError
@@ -342,12 +343,11 @@ class CertificateAuthority:
     def _issuer_chain(self) -> tuple[x509.Certificate, ...]:
         return (self.certificate, *self.chain)
 
-    def _sign(self, builder: x509.CertificateBuilder, public: object) -> x509.Certificate:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.certificate.public_key()),  # type: ignore[arg-type]
-            critical=False)
-        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public),  # type: ignore[arg-type]
+    def _sign(self, builder: x509.CertificateBuilder, public: CertificatePublicKeyTypes) -> x509.Certificate:
+        issuer_public = self.key.public_key()  # the issuer's key: its identifier links the chain (RFC 5280 4.2.1.1)
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public),
                                         critical=False)
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
     # -- rotating the root ----------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ class CertificateService:
             log.error("cannot review the token of %s: %s", peer, err)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot review the token: {err}")
         policy = self.policy
-        ttl = dt.timedelta(seconds=request.validity_duration) if request.validity_duration > 0 else policy.default_ttl
+        # Capped before building the timedelta: a caller may send any int64.
+        seconds = min(request.validity_duration, int(policy.max_ttl.total_seconds()))
+        ttl = dt.timedelta(seconds=seconds) if seconds > 0 else policy.default_ttl
         try:
             issued = policy.authority.sign_csr(request.csr, identity, ttl, max_ttl=policy.max_ttl)
         except CaError as err:

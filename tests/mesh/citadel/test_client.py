@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 
 from meshlab.mesh.citadel import ca_pb2
 from meshlab.mesh.citadel.ca import CertificateAuthority, build_csr, generate_key
@@ -81,15 +82,15 @@ def test_first_certificate_carries_the_token_identity(tmp_path: Path, authority:
     assert dt.timedelta(minutes=59) < cert.not_after - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=1)
 
 
-async def call(port: int, roots: bytes, csr: bytes, metadata: tuple[tuple[str, str], ...]
-               ) -> ca_pb2.IstioCertificateResponse:
+async def call(port: int, roots: bytes, csr: bytes, metadata: tuple[tuple[str, str], ...], *,
+               validity: int = 600) -> ca_pb2.IstioCertificateResponse:
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials,
                                        options=[("grpc.ssl_target_name_override", CA_HOST)]) as channel:
         method = channel.unary_unary(METHOD, request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
                                      response_deserializer=ca_pb2.IstioCertificateResponse.FromString)
         response: ca_pb2.IstioCertificateResponse = await method(
-            ca_pb2.IstioCertificateRequest(csr=csr.decode(), validity_duration=600), metadata=metadata, timeout=5)
+            ca_pb2.IstioCertificateRequest(csr=csr.decode(), validity_duration=validity), metadata=metadata, timeout=5)
         return response
 
 
@@ -125,6 +126,22 @@ def test_a_csr_for_another_identity_yields_the_callers_own(authority: Certificat
     chain = "".join(response.cert_chain).encode()
     assert verify_chain(chain, authority.roots_pem).spiffe_id == "spiffe://cluster.local/ns/shop/sa/web"
     assert "asked for spiffe://cluster.local/ns/shop/sa/db" in caplog.text
+
+
+@pytest.mark.parametrize(("validity", "lifetime"), [
+    pytest.param(0, dt.timedelta(hours=24), id="0: Citadel's default"),
+    pytest.param(60, dt.timedelta(seconds=60), id="60 s as asked"),
+    pytest.param(2**62, dt.timedelta(days=90), id="absurd: capped at 90 days"),
+])
+def test_the_lifetime_asked_for_is_honoured_within_limits(authority: CertificateAuthority, validity: int,
+                                                          lifetime: dt.timedelta) -> None:
+    async def main() -> ca_pb2.IstioCertificateResponse:
+        async with citadel(authority) as (_, port):
+            return await call(port, authority.roots_pem, build_csr(generate_key()),
+                              (("authorization", "Bearer token-web"),), validity=validity)
+
+    leaf = x509.load_pem_x509_certificate(asyncio.run(main()).cert_chain[0].encode())
+    assert abs((leaf.not_valid_after_utc - dt.datetime.now(dt.UTC)) - lifetime) < dt.timedelta(seconds=5)
 
 
 def test_a_malformed_csr_is_invalid_argument(authority: CertificateAuthority) -> None:
