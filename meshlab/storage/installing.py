@@ -3,7 +3,9 @@
 Installing applies ``nfs-server.yaml`` (namespace ``meshlab-storage``, the NFS server Deployment and Service),
 waits for the server to be Ready, then applies ``csi-nfs.yaml`` (CSIDriver, controller Deployment with the
 driver and the provisioner, node DaemonSet with the driver and the registrar, StorageClass ``meshlab-nfs``)
-plus ``csi-nfs-rbac.yaml`` where the cluster serves RBAC, and waits until every node's CSINode lists the driver
+plus ``csi-nfs-rbac.yaml`` where the cluster serves RBAC, and ``flexvolume.yaml`` (a DaemonSet copying the
+FlexVolume driver ``meshlab~nfs/nfs`` into the kubelet's plugin directory), and waits until every node's CSINode
+lists the driver
 (the kubelet registered it through the registrar's socket) — the same steps a ``kubectl apply`` on a real
 cluster takes. Two things differ in the embedded lab, and only in the objects, not in the files: its Services
 carry no NFS traffic (the lab's kube-proxy forwards HTTP), so the StorageClass names the NFS server pod's
@@ -34,6 +36,8 @@ MANIFESTS = Path(manifests.__file__).parent
 NFS_SERVER = MANIFESTS / "nfs-server.yaml"
 CSI_NFS = MANIFESTS / "csi-nfs.yaml"
 CSI_NFS_RBAC = MANIFESTS / "csi-nfs-rbac.yaml"
+FLEXVOLUME = MANIFESTS / "flexvolume.yaml"
+FLEX_DAEMONSET = "flexvolume-installer"
 NAMESPACE = "meshlab-storage"
 DRIVER = "nfs.csi.meshlab.io"
 STORAGE_CLASS = "meshlab-nfs"
@@ -128,7 +132,9 @@ def install(lab: Lab, *, timeout: float = 120, backend: str = "python") -> list[
     if serves_rbac(lab):
         applied += lab.apply(CSI_NFS_RBAC.read_text())
     lab.wait_ready("deployment", CONTROLLER, namespace=NAMESPACE, timeout=timeout)
+    applied += lab.apply(FLEXVOLUME.read_text())
     lab.wait_ready("daemonset", NODE_DAEMONSET, namespace=NAMESPACE, timeout=timeout)
+    lab.wait_ready("daemonset", FLEX_DAEMONSET, namespace=NAMESPACE, timeout=timeout)
     wait_registered(lab, timeout=timeout)
     return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
 
@@ -168,7 +174,7 @@ def uninstall(lab: Lab, *, force: bool = False, timeout: float = 60) -> list[str
     if claims and not force:
         raise LabError(f"claims of {STORAGE_CLASS} still exist ({', '.join(claims)}): delete them first, or "
                        "uninstall with --force (their volumes' directories then stay on the export)")
-    deleted = lab.delete(csi_objects())
+    deleted = lab.delete(FLEXVOLUME.read_text()) + lab.delete(csi_objects())
     if serves_rbac(lab):
         deleted += lab.delete(CSI_NFS_RBAC.read_text())
     deleted += lab.delete(documents(NFS_SERVER))
@@ -195,13 +201,14 @@ class StorageStatus:
     server: str                    # "1/1 ready", "not installed"
     controller: str
     node: str                      # "1/1 ready"
+    flexvolume: str                # the FlexVolume installer DaemonSet, "1/1 ready"
     storage_class: dict[str, str]  # its parameters, {} when missing
     registered: dict[str, bool]    # node -> CSINode lists the driver
     claims: list[str]
 
     @property
     def healthy(self) -> bool:
-        parts = (self.server, self.controller, self.node)
+        parts = (self.server, self.controller, self.node, self.flexvolume)
         return (all(p.endswith(" ready") and not p.startswith("0/") for p in parts) and bool(self.storage_class)
                 and bool(self.registered) and all(self.registered.values()))
 
@@ -216,15 +223,18 @@ def _deployment(lab: Lab, name: str) -> str:
     return f"{(dep.get('status') or {}).get('readyReplicas') or 0}/{dep['spec'].get('replicas', 1)} ready"
 
 
-def status(lab: Lab) -> StorageStatus:
+def _daemonset(lab: Lab, name: str) -> str:
     try:
-        ds = _plain(lab, lab.clients.apps.read_namespaced_daemon_set(NODE_DAEMONSET, NAMESPACE))
-        ds_status = ds.get("status") or {}
-        node = f"{ds_status.get('numberReady') or 0}/{ds_status.get('desiredNumberScheduled') or 0} ready"
+        ds = _plain(lab, lab.clients.apps.read_namespaced_daemon_set(name, NAMESPACE))
     except ApiException as err:
-        if err.status != 404:
-            raise LabError(f"reading daemonset {NODE_DAEMONSET} failed: {err.status} {err.reason}") from err
-        node = "not installed"
+        if err.status == 404:
+            return "not installed"
+        raise LabError(f"reading daemonset {name} failed: {err.status} {err.reason}") from err
+    ds_status = ds.get("status") or {}
+    return f"{ds_status.get('numberReady') or 0}/{ds_status.get('desiredNumberScheduled') or 0} ready"
+
+
+def status(lab: Lab) -> StorageStatus:
     try:
         sc = _plain(lab, lab.clients.storage.read_storage_class(STORAGE_CLASS))
         parameters = dict(sc.get("parameters") or {})
@@ -232,14 +242,16 @@ def status(lab: Lab) -> StorageStatus:
         if err.status != 404:
             raise LabError(f"reading storageclass {STORAGE_CLASS} failed: {err.status} {err.reason}") from err
         parameters = {}
-    return StorageStatus(_deployment(lab, SERVER_DEPLOYMENT), _deployment(lab, CONTROLLER), node, parameters,
+    return StorageStatus(_deployment(lab, SERVER_DEPLOYMENT), _deployment(lab, CONTROLLER),
+                         _daemonset(lab, NODE_DAEMONSET), _daemonset(lab, FLEX_DAEMONSET), parameters,
                          registered_nodes(lab), claims_of_class(lab))
 
 
 def format_status(s: StorageStatus) -> str:
     lines = [f"deployment {NAMESPACE}/{SERVER_DEPLOYMENT}: {s.server}",
              f"deployment {NAMESPACE}/{CONTROLLER}: {s.controller}",
-             f"daemonset {NAMESPACE}/{NODE_DAEMONSET}: {s.node}"]
+             f"daemonset {NAMESPACE}/{NODE_DAEMONSET}: {s.node}",
+             f"daemonset {NAMESPACE}/{FLEX_DAEMONSET}: {s.flexvolume}"]
     if s.storage_class:
         params = ", ".join(f"{k}={v}" for k, v in sorted(s.storage_class.items()))
         lines.append(f"storageclass {STORAGE_CLASS}: {params}")
