@@ -253,24 +253,41 @@ class RecordReader:
 
     def __init__(self, max_record: int = 8 * 1024 * 1024) -> None:
         self.max_record = max_record
-        self._buffer = bytearray()
+        # Bytes arrive in pieces; they are joined once per fragment rather than appended to one growing
+        # buffer, which copied every 1 MiB WRITE several times.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._fragment_length: int | None = None  # of the fragment being received, once its header is in
+        self._last = False
         self._fragments: list[bytes] = []
         self._size = 0
 
+    def _take(self, n: int) -> bytes:
+        data = b"".join(self._pending)
+        self._pending = [data[n:]] if len(data) > n else []
+        self._pending_size -= n
+        return data[:n]
+
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
+        if data:
+            self._pending.append(data)
+            self._pending_size += len(data)
         records: list[bytes] = []
-        while len(self._buffer) >= 4:
-            (header,) = _HEADER.unpack_from(self._buffer)
-            length = header & 0x7FFFFFFF
-            if self._size + length > self.max_record:
-                raise RecordTooLarge(f"record of more than {self.max_record} bytes")
-            if len(self._buffer) < 4 + length:
+        while True:
+            if self._fragment_length is None:
+                if self._pending_size < 4:
+                    break
+                (header,) = _HEADER.unpack(self._take(4))
+                self._fragment_length = header & 0x7FFFFFFF
+                self._last = bool(header & LAST_FRAGMENT)
+                if self._size + self._fragment_length > self.max_record:
+                    raise RecordTooLarge(f"record of more than {self.max_record} bytes")
+            if self._pending_size < self._fragment_length:
                 break
-            self._fragments.append(bytes(self._buffer[4:4 + length]))
-            self._size += length
-            del self._buffer[:4 + length]
-            if header & LAST_FRAGMENT:
+            self._fragments.append(self._take(self._fragment_length))
+            self._size += self._fragment_length
+            self._fragment_length = None
+            if self._last:
                 records.append(b"".join(self._fragments))
                 self._fragments, self._size = [], 0
         return records
