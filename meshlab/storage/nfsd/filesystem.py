@@ -1,6 +1,6 @@
 """The NFSv3 procedures (RFC 1813 §3.3) carried out on a real directory: decoded arguments in, XDR results out.
 
-No sockets here: :meth:`Filesystem.call` takes a procedure number, its argument bytes and the caller's
+No sockets here: :meth:`Filesystem.call` takes a procedure, its decoded arguments and the caller's
 AUTH_SYS identity, does the ``os``-level work inside the export directory and returns the encoded result.
 The server never follows a symlink on the client's behalf (LOOKUP uses ``lstat``; the client reads the link
 with READLINK and resolves it itself), every directory it works in must be its own ``realpath`` inside the
