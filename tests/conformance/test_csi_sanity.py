@@ -52,6 +52,7 @@ class Driver:
     identity: rpc.IdentityStub
     controller: rpc.ControllerStub
     node: rpc.NodeStub
+    call_log: Path
     controller_caps: set[int] = field(default_factory=set)
     node_caps: set[int] = field(default_factory=set)
 
@@ -64,7 +65,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
     log = (work / "driver.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshlab.cli", "csi-driver", "--endpoint", endpoint, "--mode", "both",
-         "--node-id", NODE_ID, "--state-dir", str(work / "state"), "--call-log", str(work / "calls.jsonl"), "-v"],
+         "--node-id", NODE_ID, "--state-dir", str(work / "state"), "--call-log", str(work / "calls.jsonl")],
         stdout=log, stderr=subprocess.STDOUT)
     channel = grpc.insecure_channel(endpoint)
     try:
@@ -78,7 +79,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"meshlab csi-driver did not start: {(work / 'driver.log').read_text()[-2000:]}")
                 time.sleep(0.1)
-        d = Driver(endpoint, identity, rpc.ControllerStub(channel), rpc.NodeStub(channel))
+        d = Driver(endpoint, identity, rpc.ControllerStub(channel), rpc.NodeStub(channel), work / "calls.jsonl")
         d.controller_caps = {c.rpc.type for c in d.controller.ControllerGetCapabilities(
             pb.ControllerGetCapabilitiesRequest()).capabilities}
         d.node_caps = {c.rpc.type for c in d.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities}
@@ -595,3 +596,20 @@ def test_meshlab_multi_writer_volume_is_shared_by_two_targets(sanity: Sanity) ->
     assert (second / "shared.txt").read_text() == "written by pod a"
     response, err = sanity.publish(volume.volume_id, first, Mode.MULTI_NODE_MULTI_WRITER, readonly=True)
     expect_error_code(response, err, grpc.StatusCode.ALREADY_EXISTS)   # same target, different arguments
+
+
+def test_meshlab_call_log_records_calls_without_secrets(sanity: Sanity) -> None:
+    from meshlab.storage.csi.trace import calls_for_volume, read_call_log
+
+    name = unique("sanity")
+    request = sanity.create_request(name)
+    request.secrets["password"] = "hunter2"
+    response, err = call(sanity.driver.controller.CreateVolume, request)
+    assert err is None, err.details()
+    sanity.volumes.append(response.volume.volume_id)
+    deadline = time.monotonic() + 20   # the interceptor writes after answering
+    while not calls_for_volume(read_call_log(sanity.driver.call_log), name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [created] = calls_for_volume(read_call_log(sanity.driver.call_log), name)
+    assert (created.method, created.code) == ("/csi.v1.Controller/CreateVolume", "OK")
+    assert "hunter2" not in sanity.driver.call_log.read_text()

@@ -6,6 +6,7 @@ tests check the decisions the checklist does not reach, against a real NFS serve
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from meshlab.storage.csi.driver import build_services, nfs_health, parse_locatio
 from meshlab.storage.csi.identity import IdentityService
 from meshlab.storage.csi.parameters import parse_parameters
 from meshlab.storage.csi.serving import CallRecord, build_server, redacted
+from meshlab.storage.csi.trace import calls_for_pod, calls_for_volume, read_call_log
 from meshlab.storage.csi.volume_id import OnDelete, SnapshotId, VolumeId, safe_subdir
 from meshlab.storage.nfsd.running import RunningNfsServer, start_nfs_server
 from tests.storage.conftest import nfs_server  # noqa: F401  (the fixture)
@@ -222,3 +224,23 @@ def test_secrets_are_redacted_in_logs_and_records(tmp_path: Path) -> None:
         server.stop(0)
     assert [(c.method, c.code) for c in calls] == [("/csi.v1.Controller/CreateVolume", "INVALID_ARGUMENT")]
     assert "s3cret" not in repr(calls) and calls[0].message == "volume name missing in request"
+
+
+def test_the_call_log_follows_one_volume_and_one_pod(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    volume_id = str(VolumeId("10.0.0.5", "/export", "pvc-1", "pvc-1"))
+    other_id = str(VolumeId("10.0.0.5", "/export", "pvc-2", "pvc-2"))
+    target = "/var/lib/kubelet/pods/uid-a/volumes/kubernetes.io~csi/pvc-1/mount"
+    lines = [
+        ("/csi.v1.Controller/CreateVolume", {"name": "pvc-1", "secrets": {"k": "***stripped***"}}),
+        ("/csi.v1.Controller/CreateVolume", {"name": "pvc-2"}),
+        ("/csi.v1.Node/NodePublishVolume", {"volume_id": volume_id, "target_path": target}),
+        ("/csi.v1.Node/NodePublishVolume", {"volume_id": other_id, "target_path": target.replace("uid-a", "uid-b")}),
+        ("/csi.v1.Controller/DeleteVolume", {"volume_id": volume_id}),
+    ]
+    log.write_text("".join(json.dumps({"time": i, "method": m, "request": r, "code": "OK", "message": "",
+                                       "duration_ms": 1.5}) + "\n" for i, (m, r) in enumerate(lines)))
+    calls = read_call_log(log, tmp_path / "missing.jsonl")
+    assert [c.method.rsplit("/", 1)[1] for c in calls_for_volume(calls, "pvc-1")] == [
+        "CreateVolume", "NodePublishVolume", "DeleteVolume"]
+    assert [c.request["volume_id"] for c in calls_for_pod(calls, "uid-b")] == [other_id]

@@ -31,7 +31,7 @@ def add_driver_commands(sub: argparse._SubParsersAction[Any]) -> None:
     d.add_argument("--max-volume-size", type=int, default=None,
                    help="largest capacity CreateVolume accepts in bytes (default 1 TiB); above it: OUT_OF_RANGE")
     d.add_argument("--call-log", default=None, help="append every CSI call (redacted) to this JSON-lines file")
-    d.add_argument("-v", "--verbose", action="store_true", help="log every call (INFO); default: warnings only")
+    d.add_argument("-q", "--quiet", action="store_true", help="log warnings only (default: one line per call)")
     d.set_defaults(func=_run_driver)
 
 
@@ -41,7 +41,7 @@ def _run_driver(args: argparse.Namespace) -> int:
 
     from meshlab.storage.csi import driver
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     extra = {} if args.max_volume_size is None else {"max_volume_bytes": args.max_volume_size}
     try:
