@@ -18,7 +18,7 @@ from meshlab.storage.nfsd.ganesha import ganesha_unavailable
 from meshlab.storage.nfsd.running import RunningNfsServer, start_nfs_server
 
 
-@pytest.fixture(scope="module", params=["python", "ganesha"])
+@pytest.fixture(scope="module", params=["python", pytest.param("ganesha", marks=pytest.mark.root)])
 def nfs_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNfsServer]:
     backend: str = request.param
     if backend == "ganesha":
