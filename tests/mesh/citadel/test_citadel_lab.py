@@ -166,3 +166,5 @@ def test_root_rotation_overlap_keeps_certificates_valid_then_ends(mesh: tuple[me
     verify_chain(after.chain_pem, final)
     with pytest.raises(CaError, match="not signed by a trusted root"):
         verify_chain(before.chain_pem, final)
+    # Citadel's own serving certificate was re-issued from the new root: a client trusting only it gets through.
+    assert certificate(handle, namespace, tmp_path, final).spiffe_id.endswith("/sa/web")
