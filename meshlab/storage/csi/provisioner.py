@@ -40,6 +40,7 @@ from meshlab.storage.csi.provisioner_plan import (
     plan,
     source_volume_id,
 )
+from meshlab.storage.csi.registrar import QUICK_RECONNECT
 
 log = logging.getLogger("meshlab.csi-provisioner")
 
@@ -69,7 +70,7 @@ class CsiController:
     def __init__(self, address: str, *, timeout: float = 30.0) -> None:
         self.address = address if "://" in address else f"unix://{address}"
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = grpc.insecure_channel(self.address, options=QUICK_RECONNECT)
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
 

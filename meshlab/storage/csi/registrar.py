@@ -32,6 +32,10 @@ from meshlab.errors import CsiError
 
 log = logging.getLogger("meshlab.csi-registrar")
 
+# gRPC backs off up to 120 s between reconnection attempts by default: a driver socket that appears a second
+# after we start (or a restarted driver) would then wait minutes. A local unix socket is cheap to retry.
+QUICK_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
 CSI_PLUGIN = "CSIPlugin"
 SUPPORTED_VERSIONS = ("1.0.0",)
 
@@ -76,7 +80,7 @@ def driver_name(csi_address: str, *, timeout: float = 120.0) -> str:
     address = csi_address if "://" in csi_address else f"unix://{csi_address}"
     deadline = time.monotonic() + timeout
     last = ""
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address, options=QUICK_RECONNECT) as channel:
         identity = csi_pb2_grpc.IdentityStub(channel)
         while time.monotonic() < deadline:
             try:

@@ -127,6 +127,10 @@ def access_mode(modes: list[str]) -> str:
     return "SINGLE_NODE_WRITER"
 
 
+# gRPC's default reconnection back-off grows to 120 s: a restarted driver would stay unreachable for minutes.
+QUICK_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+
 # Codes that mean "try again shortly": ABORTED is a driver's per-volume lock held by a concurrent call (two pods
 # publishing one volume at once), UNAVAILABLE a driver restarting.
 _TRANSIENT = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
@@ -209,7 +213,7 @@ class CsiPlugin:
         old = self.drivers.pop(name, None)
         if old is not None:
             await old.channel.close()
-        channel = grpc.aio.insecure_channel(f"unix://{path}")
+        channel = grpc.aio.insecure_channel(f"unix://{path}", options=QUICK_RECONNECT)
         driver = Driver(name, path, channel)
         try:
             info = await driver.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=self.timeout)
