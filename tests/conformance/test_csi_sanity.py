@@ -298,6 +298,10 @@ CASES: dict[str, Case] = {
         "controller", "ControllerExpandVolume", lambda s: pb.ControllerExpandVolumeRequest(
             capacity_range=pb.CapacityRange(required_bytes=TEST_VOLUME_SIZE)), grpc.StatusCode.INVALID_ARGUMENT,
         ("controller", CtrlRPC.EXPAND_VOLUME)),
+    "meshlab: ControllerExpandVolume of a missing volume": Case(
+        "controller", "ControllerExpandVolume", lambda s: pb.ControllerExpandVolumeRequest(
+            volume_id=unique("fake-vol-id"), capacity_range=pb.CapacityRange(required_bytes=GiB)),
+        grpc.StatusCode.NOT_FOUND, ("controller", CtrlRPC.EXPAND_VOLUME)),
     "E2 ControllerExpandVolume without a capacity range": Case(
         "controller", "ControllerExpandVolume", lambda s: pb.ControllerExpandVolumeRequest(),
         grpc.StatusCode.INVALID_ARGUMENT, ("controller", CtrlRPC.EXPAND_VOLUME)),

@@ -20,6 +20,7 @@ from meshlab.mounting.nfsclient import NfsLocation
 from meshlab.storage.csi.controller import ControllerService
 from meshlab.storage.csi.driver import build_services, nfs_health, parse_location
 from meshlab.storage.csi.identity import IdentityService
+from meshlab.storage.csi.node import NodeService
 from meshlab.storage.csi.parameters import parse_parameters
 from meshlab.storage.csi.serving import CallRecord, build_server, redacted
 from meshlab.storage.csi.trace import calls_for_pod, calls_for_volume, read_call_log
@@ -244,3 +245,34 @@ def test_the_call_log_follows_one_volume_and_one_pod(tmp_path: Path) -> None:
     assert [c.method.rsplit("/", 1)[1] for c in calls_for_volume(calls, "pvc-1")] == [
         "CreateVolume", "NodePublishVolume", "DeleteVolume"]
     assert [c.request["volume_id"] for c in calls_for_pod(calls, "uid-b")] == [other_id]
+
+
+# ---------------------------------------------------------------------------------------------- node core
+
+def test_a_restarted_node_plugin_remembers_what_it_published(nfs_server: RunningNfsServer,  # noqa: F811
+                                                             tmp_path: Path) -> None:
+    from meshlab.mounting.mount import is_mounted, mount_support
+
+    if (reason := mount_support()) is not None:
+        pytest.skip(f"node publish needs a mount here: {reason}")
+    volume = _create(ControllerService(), "pvc-restart", _params(nfs_server)).volume
+    capability = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(), access_mode=pb.VolumeCapability.
+                                     AccessMode(mode=pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER))
+    target = tmp_path / "pods" / "uid-1" / "mount"
+    target.parent.mkdir(parents=True)
+    before = NodeService(node_id="n1", state_dir=tmp_path / "state")
+    before.NodePublishVolume(pb.NodePublishVolumeRequest(volume_id=volume.volume_id, target_path=str(target),
+                                                         volume_capability=capability))
+    after = NodeService(node_id="n1", state_dir=tmp_path / "state")   # a new process, the same state directory
+    try:
+        assert after.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=volume.volume_id,
+                                                                     volume_path=str(target))).usage
+        with pytest.raises(CsiError) as caught:   # still ReadWriteOncePod: a second target is refused
+            after.NodePublishVolume(pb.NodePublishVolumeRequest(
+                volume_id=volume.volume_id, target_path=str(tmp_path / "pods" / "uid-2"),
+                volume_capability=capability))
+        assert caught.value.code == "FAILED_PRECONDITION"
+    finally:
+        after.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=str(target)))
+    assert not is_mounted(target) and not target.exists()
+    assert after.published() == {}
