@@ -18,6 +18,7 @@ Every method takes the request message and returns the response message or raise
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from meshlab.csiproto import csi_pb2
 from meshlab.errors import CsiError, NfsError
@@ -43,6 +44,13 @@ RPC = csi_pb2.ControllerServiceCapability.RPC
 CONTROLLER_CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CLONE_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER,
                            RPC.CREATE_DELETE_SNAPSHOT)
 DEFAULT_MAX_VOLUME_BYTES = 1 << 40   # 1 TiB: a promise NFS will not enforce, so keep it honest-looking
+
+
+class _Source(NamedTuple):
+    """A CreateVolume content source: its id (snapshot or volume) and the directory to copy."""
+
+    id: str
+    directory: str
 
 
 class ControllerService:
@@ -74,12 +82,12 @@ class ControllerService:
                 files.makedirs(subdir)   # a record without its directory (deleted by hand): make it again
                 return self._response(existing, request)
             if source is not None:
-                self._copy(files, source[0], source[1], volume_id)
+                self._copy(files, source, volume_id)
             else:
                 files.makedirs(subdir)
             if params.mount_permissions is not None:
                 files.chmod(subdir, params.mount_permissions)
-            record = VolumeRecord(request.name, str(volume_id), capacity, source[0] if source else "")
+            record = VolumeRecord(request.name, str(volume_id), capacity, source.id if source else "")
             write_record(files, record)   # the commit point: a retry before it starts over
             return self._response(record, request)
 
@@ -94,9 +102,8 @@ class ControllerService:
                            f"{self.max_volume_bytes}")
         return required or min(limit, self.max_volume_bytes)
 
-    def _content_source(self, request: csi_pb2.CreateVolumeRequest, target: VolumeId
-                        ) -> tuple[str, str, NfsLocation] | None:
-        """(source id, directory to copy, its share) of the request's content source, or None."""
+    def _content_source(self, request: csi_pb2.CreateVolumeRequest, target: VolumeId) -> _Source | None:
+        """The request's content source (a snapshot or, cloning, a volume) on the target's share, or None."""
         if not request.HasField("volume_content_source"):
             return None
         content = request.volume_content_source
@@ -114,10 +121,10 @@ class ControllerService:
         if source.location != target.location:
             raise CsiError("INVALID_ARGUMENT", f"content source is on {source.location}, the new volume on "
                            f"{target.location}: copies stay on one share")
-        return source_id, directory, source.location
+        return _Source(source_id, directory)
 
     def _check_compatible(self, existing: VolumeRecord, request: csi_pb2.CreateVolumeRequest,
-                          volume_id: str, source: tuple[str, str, NfsLocation] | None) -> None:
+                          volume_id: str, source: _Source | None) -> None:
         required, limit = request.capacity_range.required_bytes, request.capacity_range.limit_bytes
         size = existing.capacity_bytes
         if (required and size < required) or (limit and size > limit):
@@ -126,16 +133,17 @@ class ControllerService:
         if existing.volume_id != volume_id:
             raise CsiError("ALREADY_EXISTS", f"volume {request.name!r} exists as {existing.volume_id}, "
                            f"not {volume_id} (different parameters)")
-        if existing.source_volume_id != (source[0] if source else ""):
+        if existing.source_volume_id != (source.id if source else ""):
             raise CsiError("ALREADY_EXISTS", f"volume {request.name!r} exists with a different content source")
 
-    def _copy(self, files: NfsFiles, source_id: str, directory: str, target: VolumeId) -> None:
-        if not files.is_dir(directory):
-            raise CsiError("NOT_FOUND", f"content source {source_id!r} does not exist (no directory {directory})")
+    def _copy(self, files: NfsFiles, source: _Source, target: VolumeId) -> None:
+        if not files.is_dir(source.directory):
+            raise CsiError("NOT_FOUND", f"content source {source.id!r} does not exist (no directory "
+                           f"{source.directory})")
         if files.exists(target.subdir):
             raise CsiError("ALREADY_EXISTS", f"directory {target.subdir} already exists; refusing to copy over it")
         try:
-            files.copytree(directory, target.subdir)
+            files.copytree(source.directory, target.subdir)
         except BaseException:
             files.rmtree(target.subdir)   # never leave a half copy that a retry would take for a volume
             raise
