@@ -357,6 +357,10 @@ CASES: dict[str, Case] = {
     "meshlab: capacity above the maximum": Case("controller", "CreateVolume",
                                                 lambda s: s.create_request(unique("sanity"), size=1 << 50),
                                                 grpc.StatusCode.OUT_OF_RANGE),
+    "meshlab: NodePublishVolume to a relative path": Case(
+        "node", "NodePublishVolume", lambda s: pb.NodePublishVolumeRequest(
+            volume_id=_real_volume(s), target_path="relative/target", volume_capability=mount_capability()),
+        grpc.StatusCode.INVALID_ARGUMENT),
     "meshlab: NodeStageVolume is unimplemented": Case("node", "NodeStageVolume", lambda s: pb.NodeStageVolumeRequest(
         volume_id=unique("id")), grpc.StatusCode.UNIMPLEMENTED),
 }

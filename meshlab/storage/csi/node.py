@@ -119,6 +119,8 @@ class NodeService:
         require(request.target_path, "target path")
         require(request.HasField("volume_capability"), "volume capability")
         check_capabilities([request.volume_capability], "volume capability")
+        if not os.path.isabs(request.target_path):
+            raise CsiError("INVALID_ARGUMENT", f"target path {request.target_path!r} is not absolute")
         volume = VolumeId.parse(request.volume_id)
         if volume is None:
             raise CsiError("NOT_FOUND", f"volume {request.volume_id!r} is not a volume of this driver")
