@@ -1,12 +1,14 @@
 """Citadel as a pod in the embedded lab (``meshlab mesh install`` deploys ``citadel.yaml``): it publishes the trust
 bundle into a new namespace, a service account's token gets a certificate for exactly that account (found
 through the API when DNS fails, as the proxy finds it), a forged CSR still gets the caller's own identity, no
-or a bad token is UNAUTHENTICATED, ``/debug/stats`` counts it all, and ``meshlab citadel rotate-root`` keeps old
-and new certificates valid during the overlap, after which only the new root is trusted."""
+or a bad token is UNAUTHENTICATED, ``/debug/stats`` counts it all, ``meshlab citadel rotate-root`` keeps old
+and new certificates valid during the overlap, after which only the new root is trusted, and a plug-in
+CA from the Secret ``cacerts`` signs after a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -22,7 +24,7 @@ from meshlab import cli
 from meshlab.errors import CaError
 from meshlab.mesh import installing
 from meshlab.mesh.citadel import ca_pb2
-from meshlab.mesh.citadel.ca import build_csr, generate_key, load_certificates
+from meshlab.mesh.citadel.ca import CertificateAuthority, build_csr, generate_key, load_certificates
 from meshlab.mesh.citadel.client import METHOD, CertificateProvider, WorkloadCertificate
 from meshlab.mesh.citadel.publishing import CONFIGMAP, KEY
 from meshlab.mesh.citadel.verification import verify_chain
@@ -151,7 +153,7 @@ def test_root_rotation_overlap_keeps_certificates_valid_then_ends(mesh: tuple[me
     handle, namespace = mesh
     old_roots = bundle(handle, namespace)
     before = certificate(handle, namespace, tmp_path, old_roots)
-    assert cli.main(["citadel", "rotate-root", "--overlap", "8s", "--kubeconfig", str(lab.kubeconfig)]) == 0
+    assert cli.main(["citadel", "rotate-root", "--overlap", "5s", "--kubeconfig", str(lab.kubeconfig)]) == 0
     both = bundle(handle, namespace, roots=2)  # old + new, published by Citadel within seconds
     assert both.startswith(old_roots)
     # Citadel's serving certificate comes from the new root too; the client trusts the bundle.
@@ -168,3 +170,25 @@ def test_root_rotation_overlap_keeps_certificates_valid_then_ends(mesh: tuple[me
         verify_chain(before.chain_pem, final)
     # Citadel's own serving certificate was re-issued from the new root: a client trusting only it gets through.
     assert certificate(handle, namespace, tmp_path, final).spiffe_id.endswith("/sa/web")
+
+
+def test_a_plugin_ca_from_cacerts_signs_after_a_restart(mesh: tuple[meshlab.lab.Lab, str], tmp_path: Path) -> None:
+    """Istio's "plug in CA certificates" task: an operator's intermediate under a shared root (runs last: it
+    replaces the module's CA)."""
+    handle, namespace = mesh
+    shared_root = CertificateAuthority.create_self_signed("cluster.local")
+    intermediate = shared_root.issue_intermediate("cluster-1 intermediate CA")
+    data = {k: base64.b64encode(v).decode() for k, v in intermediate.secret_data().items()}
+    handle.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts"}, "data": data},
+                 namespace=installing.NAMESPACE)
+    handle.clients.core.delete_collection_namespaced_pod(installing.NAMESPACE, label_selector="app=istio-citadel")
+    # The new Citadel pod loads cacerts and publishes the shared root in place of its own.
+    deadline = time.monotonic() + 60
+    while bundle(handle, namespace) != shared_root.roots_pem:
+        assert time.monotonic() < deadline, "the plug-in root was not published"
+        time.sleep(0.5)
+    handle.wait_ready("deployment", "istio-citadel", namespace=installing.NAMESPACE, timeout=60)
+    cert = certificate(handle, namespace, tmp_path, shared_root.roots_pem)
+    chain = load_certificates(cert.chain_pem)
+    assert [c.subject for c in chain[1:]] == [intermediate.certificate.subject]  # leaf, intermediate (root apart)
+    verify_chain(cert.chain_pem, shared_root.roots_pem, trust_domain="cluster.local")
