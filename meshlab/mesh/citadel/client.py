@@ -125,7 +125,7 @@ class CertificateProvider:
     async def start(self) -> WorkloadCertificate:
         """The first certificate (retrying with back-off until Citadel answers); then renews in the background."""
         received = dt.datetime.now(dt.UTC)
-        certificate = await self._obtain_with_retries()
+        certificate = await self._request_until_answered()
         self._publish(certificate, "obtained")
         self._tasks = [asyncio.create_task(self._renew_forever(received))]
         if self._fixed_roots is None:
@@ -185,14 +185,21 @@ class CertificateProvider:
             log.info("certificate did not verify (%s); retrying with the updated trust bundle", err)
             return accept_chain(list(response.cert_chain), key_pem, fresh, trust_domain=self._trust_domain)
 
-    async def _obtain_with_retries(self) -> WorkloadCertificate:
+    async def _request_until_answered(self, expiring: dt.datetime | None = None) -> WorkloadCertificate:
+        """Retry with jittered exponential back-off until a certificate arrives; while renewing, each failure
+        says how long the current certificate has left (``expiring``)."""
         delay = 0.5
         while True:
             try:
                 return await self.request()
             except Exception as err:  # CaError, grpc.RpcError, resolver failures: all retried
-                log.warning("certificate request to %s failed: %s; retrying in %.1fs", self._address,
-                            _describe(err), delay)
+                state = ""
+                if expiring is not None:
+                    left = (expiring - dt.datetime.now(dt.UTC)).total_seconds()
+                    state = f" (current certificate expires in {left:.1f}s)" if left > 0 else \
+                        " (current certificate EXPIRED)"
+                log.warning("certificate request to %s failed: %s%s; retrying in %.1fs", self._address,
+                            _describe(err), state, delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self._max_backoff)
 
@@ -214,22 +221,9 @@ class CertificateProvider:
             assert current is not None
             await asyncio.sleep(renewal_delay(received, current.not_after))
             received = dt.datetime.now(dt.UTC)
-            certificate = await self._renew_before(current.not_after)
+            certificate = await self._request_until_answered(current.not_after)
             self.renewals += 1
             self._publish(certificate, "renewed")
-
-    async def _renew_before(self, not_after: dt.datetime) -> WorkloadCertificate:
-        """Retry until a new certificate arrives; past the old one's expiry keep trying (and say so)."""
-        delay = 0.25
-        while True:
-            try:
-                return await self.request()
-            except Exception as err:
-                left = (not_after - dt.datetime.now(dt.UTC)).total_seconds()
-                state = f"current certificate expires in {left:.1f}s" if left > 0 else "current certificate EXPIRED"
-                log.warning("renewal failed: %s (%s); retrying in %.1fs", _describe(err), state, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._max_backoff)
 
     async def _watch_roots(self) -> None:
         while True:
@@ -247,7 +241,7 @@ class CertificateProvider:
             except CaError as err:
                 # Our own certificate no longer verifies under the new bundle: get one that does.
                 log.info("the trust bundle changed and %s: renewing now", err)
-                self._publish(await self._renew_before(current.not_after), "renewed for the new roots")
+                self._publish(await self._request_until_answered(current.not_after), "renewed for the new roots")
                 continue
             self._publish(WorkloadCertificate(key_pem=current.key_pem, chain_pem=current.chain_pem, roots_pem=roots,
                                               spiffe_id=current.spiffe_id, not_before=current.not_before,

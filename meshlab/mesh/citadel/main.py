@@ -37,6 +37,8 @@ from meshlab.mesh.citadel.server import (
     serve,
 )
 from meshlab.mesh.citadel.settings import SecuritySettings, settings_from_mesh
+from meshlab.mesh.injection import MESH_CONFIGMAP
+from meshlab.mesh.pilot.injector import service_names
 from meshlab.podnet import listen_address
 
 log = logging.getLogger("meshlab.citadel")
@@ -44,12 +46,6 @@ log = logging.getLogger("meshlab.citadel")
 HTTP_PORT = 15014
 NAMESPACE = "istio-system"
 SERVICE = "istio-citadel"
-MESH_CONFIGMAP = "meshlab-mesh"  # meshlab.mesh.injection.MESH_CONFIGMAP, without importing the injector
-
-
-def service_names(service: str = SERVICE, namespace: str = NAMESPACE) -> list[str]:
-    return [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}",
-            service]
 
 
 def read_settings(core: Any, namespace: str = NAMESPACE) -> SecuritySettings:
@@ -74,14 +70,10 @@ class Citadel:
         self.secret_version = ""
         self.policy = Policy(authority, trust_domain=settings.trust_domain, default_ttl=settings.workload_cert_ttl)
         self.service = CertificateService(self.policy, TokenReviewAuthenticator(clients.api_client))
-        self.serving = ServingCertificate(authority, service_names(namespace=namespace),
+        self.serving = ServingCertificate(authority, service_names(SERVICE, namespace),
                                           [host] if host not in ("0.0.0.0", "::") else [])
         self.publisher = RootPublisher(clients.api_client, lambda: self.policy.authority.roots_pem, resync=10)
         self.grpc_serving = False
-
-    @property
-    def ready(self) -> bool:
-        return self.grpc_serving and self.namespace in self.publisher.published
 
     def app(self) -> web.Application:
         async def ready(_: web.Request) -> web.Response:
