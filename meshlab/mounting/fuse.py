@@ -37,7 +37,11 @@ FSTYPE = "meshlab-nfs"  # the FUSE subtype: /proc/self/mountinfo shows fuse.mesh
 
 
 def _nfs_call(method: F) -> F:
-    """Answer FUSE with the errno of an NfsError (and reconnect once when the server went away)."""
+    """Answer FUSE with the errno of an NfsError (and reconnect once when the server went away).
+
+    A call cut off by the server going away (``NFS_UNCERTAIN``) is sent again on the new connection, as the
+    kernel's client resends after a reconnect: reads, writes at an offset and attribute changes are
+    idempotent; for the rest the server's answer to the retry is what the caller gets."""
 
     @functools.wraps(method)
     def wrapper(self: NfsOperations, *args: Any) -> Any:
@@ -45,7 +49,7 @@ def _nfs_call(method: F) -> F:
             try:
                 return method(self, *args)
             except NfsError as err:
-                if err.status == "NFS_UNREACHABLE" and attempt == 1 and self.reconnect():
+                if err.status in ("NFS_UNREACHABLE", "NFS_UNCERTAIN") and attempt == 1 and self.reconnect():
                     continue
                 code = errno_for_status(err.status)
                 if code != errno.ENOENT:
@@ -72,6 +76,7 @@ class NfsOperations(mfusepy.Operations):
         self._next_fh = 1
         # fh -> (path, nfs-rs open mode, open file); kept so a reconnect can reopen them.
         self._files: dict[int, tuple[str, str, NfsFile]] = {}
+        self.mounted = False  # set once the kernel has the mount (libfuse calls init)
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _rel(self, path: str) -> str:
@@ -109,6 +114,10 @@ class NfsOperations(mfusepy.Operations):
     def _writable(self) -> None:
         if self.read_only:
             raise mfusepy.FuseOSError(errno.EROFS)
+
+    def init(self, path: str) -> None:
+        self.mounted = True
+        log.info("mounted; serving NFS calls")
 
     # -- metadata -----------------------------------------------------------------------------------
     @_nfs_call
@@ -269,5 +278,11 @@ def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = 
         options["allow_other"] = True
     log.info("mounting %s (NFSv%d, port %d) at %s%s", source, location.version, location.port, target,
              " read-only" if read_only else "")
-    mfusepy.FUSE(operations, target, foreground=True, nothreads=True, **options)
+    try:
+        mfusepy.FUSE(operations, target, foreground=True, nothreads=True, **options)
+    except RuntimeError as err:
+        if not operations.mounted:
+            raise
+        # libfuse's own clean-up found the mount already gone (fusermount3 -u got there first): not a failure.
+        log.info("FUSE session ended (libfuse status %s)", err)
     log.info("unmounted %s", target)

@@ -32,7 +32,7 @@ from pathlib import Path
 from meshlab.errors import MountError
 from meshlab.mounting.nfsclient import NfsLocation
 
-__all__ = ["is_mounted", "mount_nfs", "mount_source", "mount_support", "unmount"]
+__all__ = ["is_mounted", "kernel_mount_argv", "mount_nfs", "mount_source", "mount_support", "unmount"]
 
 FUSE_FSTYPE = "fuse.meshlab-nfs"
 START_TIMEOUT = 20.0  # the daemon connects (5 s timeout) and checks the path before it mounts
@@ -199,7 +199,7 @@ def mount_nfs(location: NfsLocation, subdir: str, target: Path, *, read_only: bo
     how = _choose()
     target.mkdir(parents=True, exist_ok=True)
     if how == "kernel":
-        _mount_kernel(location, source, target, read_only, extra)
+        _mount_kernel(location, subdir, target, read_only, extra)
     else:
         _mount_fuse(location, subdir, target, read_only, extra)
     return how
@@ -213,12 +213,19 @@ def _alive(target: Path) -> bool:
     return True
 
 
-def _mount_kernel(location: NfsLocation, source: str, target: Path, read_only: bool, extra: list[str]) -> None:
+def kernel_mount_argv(location: NfsLocation, subdir: str, target: Path, *, read_only: bool = False,
+                      options: Sequence[str] = ()) -> list[str]:
+    """The mount(8) command a real node runs for this mount (options as :func:`mount_nfs` takes them)."""
+    location, read_only, extra = _apply_options(location, read_only, options)
     opts = [f"vers={location.version}", f"port={location.port}", "ro" if read_only else "rw"]
     if location.version == 3 and location.port != 2049:
         # meshlab's own v3 server answers MOUNT on the NFS port and has no lock manager.
         opts += [f"mountport={location.port}", "nolock"]
-    argv = ["mount", "-t", "nfs", "-o", ",".join([*opts, *extra]), source, os.fspath(target)]
+    return ["mount", "-t", "nfs", "-o", ",".join([*opts, *extra]), _source(location, subdir), os.fspath(target)]
+
+
+def _mount_kernel(location: NfsLocation, subdir: str, target: Path, read_only: bool, extra: list[str]) -> None:
+    argv = kernel_mount_argv(location, subdir, target, read_only=read_only, options=extra)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise MountError(f"{' '.join(argv)} failed (exit {done.returncode}): "

@@ -54,6 +54,7 @@ _ERRNO_EXCEPTIONS = {
     "INVALID_PATH": errno.EINVAL,
     "SHARE_DENIED": errno.EACCES,
     "DELAY": errno.EAGAIN,
+    "UNCERTAIN": errno.EIO,
 }
 
 
@@ -104,6 +105,9 @@ def _status_of(err: nfs_rs.NfsError) -> str:
         return err.code_name
     if isinstance(err, nfs_rs.NfsConnectionError | nfs_rs.NfsTimeoutError):
         return "NFS_UNREACHABLE"
+    if isinstance(err, nfs_rs.NfsUncertainOutcomeError):
+        # The connection broke mid-call: the server may or may not have done it (RFC 5531 has no answer).
+        return "NFS_UNCERTAIN"
     text = str(err).lower()
     if isinstance(err, nfs_rs.NfsRpcError) and any(
         word in text for word in ("refused", "portmapper", "unreachable", "reset", "timed out", "broken pipe")

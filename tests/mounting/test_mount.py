@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from meshlab.errors import MountError
-from meshlab.mounting.mount import _apply_options, is_mounted, mount_nfs, mount_source, mount_support, unmount
+from meshlab.mounting.mount import (
+    _apply_options,
+    is_mounted,
+    kernel_mount_argv,
+    mount_nfs,
+    mount_source,
+    mount_support,
+    unmount,
+)
 from meshlab.mounting.nfsclient import NfsClient, NfsLocation
 
 pytestmark = pytest.mark.skipif(mount_support() is not None, reason=f"no NFS mount here: {mount_support()}")
@@ -185,3 +193,40 @@ def test_mount_options(options: list[str], version: int, port: int, read_only: b
 def test_bad_mount_options(option: str) -> None:
     with pytest.raises(MountError, match=option):
         _apply_options(NfsLocation("10.0.0.1", "/export"), False, [option])
+
+
+@pytest.mark.parametrize(
+    ("location", "subdir", "read_only", "options", "expected"),
+    [
+        pytest.param(NfsLocation("10.0.0.5", "/srv/nfs"), "pvc-1", False, (),
+                     "-o vers=3,port=2049,rw 10.0.0.5:/srv/nfs/pvc-1", id="v3 on 2049"),
+        pytest.param(NfsLocation("127.0.0.7", "/export", 12049, 3), "", True, ["hard"],
+                     "-o vers=3,port=12049,ro,mountport=12049,nolock,hard 127.0.0.7:/export",
+                     id="meshlab's v3 server on a high port"),
+        pytest.param(NfsLocation("nfs.example.com", "/"), "a/b", False, ["nfsvers=4.1", "timeo=600"],
+                     "-o vers=4,port=2049,rw,timeo=600 nfs.example.com:/a/b", id="nfsvers=4.1 from the PV"),
+    ],
+)
+def test_kernel_mount_command(location: NfsLocation, subdir: str, read_only: bool, options: list[str],
+                              expected: str) -> None:
+    argv = kernel_mount_argv(location, subdir, Path("/var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/v"),
+                             read_only=read_only, options=options)
+    assert " ".join(argv) == f"mount -t nfs {expected} /var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/v"
+
+
+@pytest.mark.slow
+def test_a_mount_survives_a_server_restart(nfs_server: Any, volume: str, tmp_path: Path,
+                                           mounts: list[Path]) -> None:
+    target = tmp_path / "mnt"
+    mounts.append(target)
+    mount_nfs(nfs_server.location, volume, target)
+    (target / "before.txt").write_text("written before the outage")
+    with open(target / "open.txt", "w") as still_open:
+        still_open.write("first ")
+        still_open.flush()
+        nfs_server.restart()
+        still_open.write("second")
+    (target / "after.txt").write_text("written after")
+    assert (target / "before.txt").read_text() == "written before the outage"
+    assert (nfs_server.export_dir / volume / "open.txt").read_text() == "first second"
+    assert (nfs_server.export_dir / volume / "after.txt").read_text() == "written after"
