@@ -236,11 +236,13 @@ LAST_FRAGMENT = 0x80000000
 
 def frame_record(message: bytes, fragment_size: int = 0x7FFFFFFF) -> bytes:
     """``message`` as one record: fragments of at most ``fragment_size`` bytes, the last one marked."""
+    if len(message) <= fragment_size:  # the usual case: one fragment, one copy
+        return b"".join((_HEADER.pack(LAST_FRAGMENT | len(message)), message))
     out = []
-    chunks = [message[i:i + fragment_size] for i in range(0, len(message), fragment_size)] or [b""]
+    chunks = [message[i:i + fragment_size] for i in range(0, len(message), fragment_size)]
     for index, chunk in enumerate(chunks):
         last = LAST_FRAGMENT if index == len(chunks) - 1 else 0
-        out.append(_HEADER.pack(last | len(chunk)) + chunk)
+        out += [_HEADER.pack(last | len(chunk)), chunk]
     return b"".join(out)
 
 

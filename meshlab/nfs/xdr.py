@@ -62,13 +62,17 @@ class Packer:
     def fixed_opaque(self, data: bytes, size: int) -> None:
         if len(data) != size:
             raise XdrError(f"fixed opaque needs {size} bytes, got {len(data)}")
-        self._parts.append(data + b"\0" * _pad(size))
+        self._parts.append(data)
+        if size % 4:
+            self._parts.append(b"\0" * _pad(size))
 
     def opaque(self, data: bytes, max_size: int | None = None) -> None:
         if max_size is not None and len(data) > max_size:
             raise XdrError(f"opaque of {len(data)} bytes exceeds its limit of {max_size}")
         self._parts.append(_U32.pack(len(data)))
-        self._parts.append(data + b"\0" * _pad(len(data)))
+        self._parts.append(data)  # not data + padding: that would copy a 1 MiB READ once more
+        if len(data) % 4:
+            self._parts.append(b"\0" * _pad(len(data)))
 
     def string(self, text: str | bytes, max_size: int | None = None) -> None:
         # NFS names are bytes on the wire; UTF-8 is the convention, surrogateescape keeps any byte.
