@@ -37,6 +37,7 @@ GiB = 1 << 30
 TEST_VOLUME_SIZE = 10 * GiB   # csi-sanity's default
 IDEMPOTENT_COUNT = 10
 NODE_ID = "sanity-node"
+EPHEMERAL = "csi.storage.k8s.io/ephemeral"
 Mode = pb.VolumeCapability.AccessMode
 CtrlRPC = pb.ControllerServiceCapability.RPC
 NodeRPC = pb.NodeServiceCapability.RPC
@@ -361,6 +362,14 @@ CASES: dict[str, Case] = {
         "node", "NodePublishVolume", lambda s: pb.NodePublishVolumeRequest(
             volume_id=_real_volume(s), target_path="relative/target", volume_capability=mount_capability()),
         grpc.StatusCode.INVALID_ARGUMENT),
+    "meshlab: inline volume with an unknown attribute": Case(
+        "node", "NodePublishVolume", lambda s: pb.NodePublishVolumeRequest(
+            volume_id=unique("csi"), target_path=str(s.work / "t"), volume_capability=mount_capability(),
+            volume_context={**s.params, "colour": "red", EPHEMERAL: "true"}), grpc.StatusCode.INVALID_ARGUMENT),
+    "meshlab: inline volume escaping the share": Case(
+        "node", "NodePublishVolume", lambda s: pb.NodePublishVolumeRequest(
+            volume_id=unique("csi"), target_path=str(s.work / "t"), volume_capability=mount_capability(),
+            volume_context={**s.params, "subDir": "../..", EPHEMERAL: "true"}), grpc.StatusCode.INVALID_ARGUMENT),
     "meshlab: NodeStageVolume is unimplemented": Case("node", "NodeStageVolume", lambda s: pb.NodeStageVolumeRequest(
         volume_id=unique("id")), grpc.StatusCode.UNIMPLEMENTED),
 }
@@ -621,3 +630,22 @@ def test_meshlab_call_log_records_calls_without_secrets(sanity: Sanity) -> None:
     [created] = calls_for_volume(read_call_log(sanity.driver.call_log), name)
     assert (created.method, created.code) == ("/csi.v1.Controller/CreateVolume", "OK")
     assert "hunter2" not in sanity.driver.call_log.read_text()
+
+
+@pytest.mark.usefixtures("needs_mount")
+def test_meshlab_inline_ephemeral_volume_mounts_from_its_attributes(sanity: Sanity) -> None:
+    # What the kubelet sends for a pod's volumes[].csi: its own handle, the attributes as volume_context.
+    handle, subdir = unique("csi"), unique("inline")
+    target = sanity.work / "pod-inline"
+    request = pb.NodePublishVolumeRequest(
+        volume_id=handle, target_path=str(target), volume_capability=mount_capability(),
+        volume_context={**sanity.params, "subDir": f"inline/{subdir}", EPHEMERAL: "true",
+                        "csi.storage.k8s.io/pod.name": "web-0"})
+    for _ in range(2):   # idempotent, like every publish
+        _, err = call(sanity.driver.node.NodePublishVolume, request)
+        assert err is None, err.details()
+    sanity.published.append((handle, str(target)))
+    (target / "note.txt").write_text("inline")
+    assert (sanity.server.export_dir / "inline" / subdir / "note.txt").read_text() == "inline"
+    sanity.driver.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=handle, target_path=str(target)))
+    assert not target.exists()

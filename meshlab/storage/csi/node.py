@@ -7,6 +7,10 @@ through :mod:`meshlab.mounting.mount` (the kernel on real nodes, FUSE in the lab
 same target with the same arguments is OK, different arguments ``6 ALREADY_EXISTS``, and a second target
 for a SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) volume ``9 FAILED_PRECONDITION``. What is published
 where is remembered in a JSON state file, so a restarted node plugin still answers correctly.
+A CSI *inline ephemeral* volume (a pod's ``volumes[].csi``) arrives with a kubelet-made handle
+(``csi-<hash>``) that is no volume id of ours; its location then comes from ``volume_context`` — the pod's
+``volumeAttributes`` ``server``, ``share``, ``subDir``, ``port``, ``version``, ``mountOptions`` (as upstream's
+node reads them) — and a missing ``subDir`` is created through NFS first, since no CreateVolume ran for it.
 NodeUnpublishVolume unmounts and removes the target directory (the spec: the plugin deletes what it
 created); NodeGetVolumeStats answers ``5 NOT_FOUND`` unless the path holds that volume's mount.
 """
@@ -21,11 +25,13 @@ from pathlib import Path
 from typing import Protocol
 
 from meshlab.csiproto import csi_pb2
-from meshlab.errors import CsiError, MountError
+from meshlab.errors import CsiError, MountError, NfsError
 from meshlab.mounting.nfsclient import NfsLocation
 from meshlab.storage.csi.capabilities import check_capabilities, require
 from meshlab.storage.csi.locks import VolumeLocks
-from meshlab.storage.csi.volume_id import VolumeId
+from meshlab.storage.csi.parameters import parse_parameters
+from meshlab.storage.csi.records import Connect, NfsFiles, nfs_failure
+from meshlab.storage.csi.volume_id import VolumeId, safe_subdir
 
 __all__ = ["NODE_CAPABILITIES", "Mounter", "NodeService", "Publication"]
 
@@ -78,8 +84,10 @@ class Publication:
 class NodeService:
     """Node RPCs for node ``node_id``; publications persisted in ``state_dir/published.json``."""
 
-    def __init__(self, *, node_id: str, state_dir: Path, mounter: Mounter | None = None) -> None:
+    def __init__(self, *, node_id: str, state_dir: Path, mounter: Mounter | None = None,
+                 connect: Connect | None = None) -> None:
         self.node_id = node_id
+        self._connect = connect or _nfs_client
         self._state_file = Path(state_dir) / "published.json"
         self._mounter = mounter or SystemMounter()
         self.locks = VolumeLocks()
@@ -121,9 +129,7 @@ class NodeService:
         check_capabilities([request.volume_capability], "volume capability")
         if not os.path.isabs(request.target_path):
             raise CsiError("INVALID_ARGUMENT", f"target path {request.target_path!r} is not absolute")
-        volume = VolumeId.parse(request.volume_id)
-        if volume is None:
-            raise CsiError("NOT_FOUND", f"volume {request.volume_id!r} is not a volume of this driver")
+        location, subdir, context_options = self._source(request)
         target = os.path.normpath(request.target_path)
         mode = request.volume_capability.access_mode.mode
         wanted = Publication(request.volume_id, request.readonly, mode,
@@ -146,14 +152,43 @@ class NodeService:
                                                      AccessMode.MULTI_NODE_READER_ONLY)
             created = not os.path.exists(target)
             try:
-                how = self._mounter.mount(volume.location, volume.subdir, Path(target), read_only=read_only,
-                                          options=wanted.mount_flags)
+                how = self._mounter.mount(location, subdir, Path(target), read_only=read_only,
+                                          options=[*context_options, *wanted.mount_flags])
             except MountError as err:
                 if created:
                     _remove_dir(target)
-                raise CsiError("INTERNAL", f"mounting {volume.location} {volume.subdir} at {target}: {err}") from err
+                raise CsiError("INTERNAL", f"mounting {location} {subdir or '/'} at {target}: {err}") from err
             self._update(target, Publication(**{**asdict(wanted), "how": how}))
         return csi_pb2.NodePublishVolumeResponse()
+
+    def _source(self, request: csi_pb2.NodePublishVolumeRequest) -> tuple[NfsLocation, str, list[str]]:
+        """Where to mount from and extra options: the volume id when it is ours, else (inline) the context."""
+        volume = VolumeId.parse(request.volume_id)
+        if volume is not None:
+            return volume.location, volume.subdir, []
+        context = {key.lower(): value for key, value in request.volume_context.items()
+                   if not key.startswith("csi.storage.k8s.io/")}
+        if "server" not in context or "share" not in context:
+            raise CsiError("NOT_FOUND", f"volume {request.volume_id!r} is not a volume id of this driver and its "
+                           "volume context names no server and share")
+        try:
+            params = parse_parameters({key: value for key, value in context.items() if key != "mountoptions"})
+        except CsiError as err:
+            raise CsiError(err.code, f"volume attributes: {err.message}") from err
+        subdir = safe_subdir(params.subdir) if params.subdir else ""
+        if subdir:
+            self._make_subdir(params.location, subdir, params.mount_permissions)
+        options = [opt.strip() for opt in context.get("mountoptions", "").split(",") if opt.strip()]
+        return params.location, subdir, options
+
+    def _make_subdir(self, location: NfsLocation, subdir: str, mode: int | None) -> None:
+        try:
+            with self._connect(location) as files:
+                files.makedirs(subdir)
+                if mode is not None:
+                    files.chmod(subdir, mode)
+        except NfsError as err:
+            raise nfs_failure(err, f"making {subdir} on {location} for an inline volume") from err
 
     def NodeUnpublishVolume(
         self, request: csi_pb2.NodeUnpublishVolumeRequest
@@ -215,6 +250,12 @@ class NodeService:
 
     def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest) -> csi_pb2.NodeExpandVolumeResponse:
         raise CsiError("UNIMPLEMENTED", "NodeExpandVolume: NFS volumes grow on the server (ControllerExpandVolume)")
+
+
+def _nfs_client(location: NfsLocation) -> NfsFiles:
+    from meshlab.mounting.nfsclient import NfsClient
+
+    return NfsClient(location)
 
 
 def _same(a: Publication, b: Publication) -> bool:
