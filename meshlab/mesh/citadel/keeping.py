@@ -79,7 +79,7 @@ def self_signed_secret(authority: CertificateAuthority, namespace: str) -> Obj:
 # -- I/O: the kubernetes client -------------------------------------------------------------------------------
 
 
-def _read(core: Any, name: str, namespace: str) -> Obj | None:
+def read_secret(core: Any, name: str, namespace: str) -> Obj | None:
     from kubernetes.client.rest import ApiException
 
     try:
@@ -95,11 +95,11 @@ def load_authority(core: Any, namespace: str, *, trust_domain: str, algorithm: K
     """The plug-in CA, else the stored self-signed one, else a new self-signed one (stored); and its Secret."""
     from kubernetes.client.rest import ApiException
 
-    plugin = _read(core, PLUGIN_SECRET, namespace)
+    plugin = read_secret(core, PLUGIN_SECRET, namespace)
     if plugin is not None:
         log.info("using the plug-in CA from secret %s/%s", namespace, PLUGIN_SECRET)
         return authority_from_secret(plugin), PLUGIN_SECRET
-    stored = _read(core, SELF_SIGNED_SECRET, namespace)
+    stored = read_secret(core, SELF_SIGNED_SECRET, namespace)
     if stored is not None:
         log.info("using the self-signed CA from secret %s/%s", namespace, SELF_SIGNED_SECRET)
         return authority_from_secret(stored), SELF_SIGNED_SECRET
@@ -112,19 +112,17 @@ def load_authority(core: Any, namespace: str, *, trust_domain: str, algorithm: K
     except ApiException as err:
         if err.status != 409:
             raise CaError(f"storing secret {namespace}/{SELF_SIGNED_SECRET} failed: {err.status} {err.reason}") from err
-        stored = _read(core, SELF_SIGNED_SECRET, namespace)  # another replica won the race: use its root
+        stored = read_secret(core, SELF_SIGNED_SECRET, namespace)  # another replica won the race: use its root
         if stored is None:
             raise CaError(f"secret {namespace}/{SELF_SIGNED_SECRET} vanished while starting") from err
         return authority_from_secret(stored), SELF_SIGNED_SECRET
     return authority, SELF_SIGNED_SECRET
 
 
-def read_authority(core: Any, namespace: str, secret: str) -> tuple[CertificateAuthority, str] | None:
-    """The CA in ``secret`` and its resourceVersion (None when the Secret is gone)."""
-    stored = _read(core, secret, namespace)
-    if stored is None:
-        return None
-    return authority_from_secret(stored), str((stored.get("metadata") or {}).get("resourceVersion") or "")
+def read_authority(core: Any, namespace: str, secret: str) -> CertificateAuthority | None:
+    """The CA in ``secret`` (None when the Secret is gone)."""
+    stored = read_secret(core, secret, namespace)
+    return None if stored is None else authority_from_secret(stored)
 
 
 def store_authority(core: Any, namespace: str, authority: CertificateAuthority) -> None:

@@ -72,7 +72,7 @@ class Citadel:
         self.service = CertificateService(self.policy, TokenReviewAuthenticator(clients.api_client))
         self.serving = ServingCertificate(authority, service_names(SERVICE, namespace),
                                           [host] if host not in ("0.0.0.0", "::") else [])
-        self.publisher = RootPublisher(clients.api_client, lambda: self.policy.authority.roots_pem, resync=10)
+        self.publisher = RootPublisher(clients.api_client, lambda: self.policy.authority.roots_pem, resync=30)
         self.grpc_serving = False
 
     def app(self) -> web.Application:
@@ -110,15 +110,14 @@ class Citadel:
         except CaError as err:
             log.warning("%s (keeping the current settings)", err)
         try:
-            found = keeping.read_authority(core, self.namespace, self.secret)
+            stored = keeping.read_secret(core, self.secret, self.namespace)
+            version = str(((stored or {}).get("metadata") or {}).get("resourceVersion") or "")
+            if stored is not None and version != self.secret_version:  # parse the PEM only when it changed
+                if self.secret_version:
+                    self._use(keeping.authority_from_secret(stored), "the CA secret changed")
+                self.secret_version = version
         except CaError as err:
             log.warning("%s (keeping the current CA)", err)
-            found = None
-        if found is not None and found[1] != self.secret_version:
-            authority, version = found
-            if self.secret_version:
-                self._use(authority, "the CA secret changed")
-            self.secret_version = version
         current = self.policy.authority
         retired = current.retire_old_roots()
         if retired is not current:
@@ -174,11 +173,11 @@ async def run_citadel(*, host: str, grpc_port: int = GRPC_PORT, http_port: int =
 def rotate_root(clients: kube.Clients, *, overlap: dt.timedelta, namespace: str = NAMESPACE) -> CertificateAuthority:
     """Replace the self-signed root in ``istio-ca-secret``: the new root signs from now on, the bundle keeps the
     old one(s) for ``overlap`` (Citadel picks the Secret up within seconds and republishes the bundle)."""
-    found = keeping.read_authority(clients.core, namespace, keeping.SELF_SIGNED_SECRET)
-    if found is None:
+    current = keeping.read_authority(clients.core, namespace, keeping.SELF_SIGNED_SECRET)
+    if current is None:
         raise CaError(f"no secret {namespace}/{keeping.SELF_SIGNED_SECRET}: is Citadel installed and self-signed?")
     settings = read_settings(clients.core, namespace)
-    rotated = found[0].rotate_root(settings.trust_domain, overlap=overlap)
+    rotated = current.rotate_root(settings.trust_domain, overlap=overlap)
     keeping.store_authority(clients.core, namespace, rotated)
     return rotated
 
