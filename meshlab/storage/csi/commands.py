@@ -65,6 +65,8 @@ def add_sidecar_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--retry-interval-start", type=float, default=1.0, help="first retry delay in seconds")
     p.add_argument("--retry-interval-max", type=float, default=300.0, help="longest retry delay in seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each CSI call in seconds")
+    p.add_argument("--health-port", type=int, default=0,
+                   help="serve GET /healthz on this port, 200 once synced (a readiness probe); 0: off")
     p.set_defaults(func=_run_provisioner)
 
     r = sub.add_parser("csi-registrar", help="register a CSI driver with the kubelet through its plugins_registry "
@@ -86,7 +88,7 @@ def _run_provisioner(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return provisioner.main(csi_address=args.csi_address, kubeconfig=args.kubeconfig, resync=args.resync,
                             retry_start=args.retry_interval_start, retry_max=args.retry_interval_max,
-                            timeout=args.timeout)
+                            timeout=args.timeout, health_port=args.health_port)
 
 
 def _run_registrar(args: argparse.Namespace) -> int:

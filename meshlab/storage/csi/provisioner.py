@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import http.server
 import logging
 import socket
 import threading
@@ -183,6 +184,7 @@ class Provisioner:
         self.events = EventRecorder(self.core, f"{driver}_{socket.gethostname()}")
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self.synced = threading.Event()  # set after the first complete round (readiness)
         self._watches: list[watch.Watch] = []
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -197,6 +199,7 @@ class Provisioner:
             self._wake.clear()
             try:
                 self.sync_once()
+                self.synced.set()
             except Exception:  # the API server restarting: try again on the next wake-up
                 log.exception("provisioner sync failed")
                 self._wake.wait(1.0)
@@ -309,23 +312,48 @@ class Provisioner:
         return True
 
 
+def serve_health(port: int, provisioner: Provisioner) -> http.server.ThreadingHTTPServer:
+    """``GET /healthz``: 200 once the provisioner has synced with the API server and the driver (readiness)."""
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == "/healthz" and provisioner.synced.is_set()
+            body = b"ok\n" if ok else b"not synced yet\n"
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    from meshlab import podnet
+
+    server = http.server.ThreadingHTTPServer((podnet.listen_address(), port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True, name="healthz").start()
+    return server
+
+
 def main(*, csi_address: str, kubeconfig: str | None = None, resync: float = 30.0,
-         retry_start: float = 1.0, retry_max: float = 300.0, timeout: float = 30.0) -> int:
+         retry_start: float = 1.0, retry_max: float = 300.0, timeout: float = 30.0, health_port: int = 0) -> int:
     """Run the provisioner until interrupted (``meshlab csi-provisioner``)."""
     from meshlab import kube
 
+    # The API client first: its imports and TLS set-up overlap with the driver's own start.
+    clients = kube.clients(kubeconfig)
     csi = CsiController(csi_address, timeout=timeout)
     driver = csi.wait_ready(timeout=120.0)
     log.info("provisioning for CSI driver %s at %s", driver, csi.address)
-    clients = kube.clients(kubeconfig)
     provisioner = Provisioner(clients.api_client, csi, driver, resync=resync,
                               backoff=BackOff(initial=retry_start, maximum=retry_max))
+    health = serve_health(health_port, provisioner) if health_port else None
     try:
         provisioner.run()
     except KeyboardInterrupt:
         pass
     finally:
         provisioner.stop()
+        if health is not None:
+            health.shutdown()
         csi.close()
         clients.close()
     return 0
