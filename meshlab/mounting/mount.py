@@ -32,7 +32,8 @@ from pathlib import Path
 from meshlab.errors import MountError
 from meshlab.mounting.nfsclient import NfsLocation
 
-__all__ = ["is_mounted", "kernel_mount_argv", "mount_nfs", "mount_source", "mount_support", "unmount"]
+__all__ = ["is_mounted", "kernel_mount_argv", "mount_nfs", "mount_source", "mount_support", "mounts_under", "unmount",
+           "unmount_all"]
 
 FUSE_FSTYPE = "fuse.meshlab-nfs"
 START_TIMEOUT = 20.0  # the daemon connects (5 s timeout) and checks the path before it mounts
@@ -133,6 +134,30 @@ def _mount_entry(target: Path) -> tuple[str, str] | None:
         if _unescape(fields[4]) == where:
             found = (fields[dash + 1], _unescape(fields[dash + 2]))
     return found
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Every mount point at or below ``directory``, deepest first (the order to unmount them in)."""
+    root = os.path.realpath(directory)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    found = {_unescape(fields[4]) for fields in (line.split() for line in lines) if len(fields) > 4}
+    inside = [p for p in found if p == root or p.startswith(root.rstrip("/") + "/")]
+    return [Path(p) for p in sorted(inside, key=lambda p: p.count("/"), reverse=True)]
+
+
+def unmount_all(directory: Path) -> list[Path]:
+    """Unmount everything at or below ``directory`` (see :func:`unmount`); returns what was unmounted.
+
+    Call it before deleting a directory that may hold volume mounts: ``shutil.rmtree`` descends into a
+    mount point and would delete the files on the NFS server, not just the mount.
+    """
+    done = mounts_under(directory)
+    for target in done:
+        unmount(target)
+    return done
 
 
 def is_mounted(target: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from meshlab.mounting.mount import (
     mount_nfs,
     mount_source,
     mount_support,
+    mounts_under,
     unmount,
+    unmount_all,
 )
 from meshlab.mounting.nfsclient import NfsClient, NfsLocation
 
@@ -230,3 +233,16 @@ def test_a_mount_survives_a_server_restart(nfs_server: Any, volume: str, tmp_pat
     assert (target / "before.txt").read_text() == "written before the outage"
     assert (nfs_server.export_dir / volume / "open.txt").read_text() == "first second"
     assert (nfs_server.export_dir / volume / "after.txt").read_text() == "written after"
+
+
+def test_unmount_all_before_deleting_a_pod_directory(nfs_server: Any, volume: str, tmp_path: Path) -> None:
+    pod_dir = tmp_path / "pods" / "uid-1"
+    first, second = pod_dir / "volumes" / "kubernetes.io~nfs" / "a", pod_dir / "volumes" / "meshlab~nfs" / "b"
+    mount_nfs(nfs_server.location, volume, first)
+    mount_nfs(nfs_server.location, volume, second, read_only=True)
+    (first / "keep.txt").write_text("must survive the pod directory's removal")
+    assert sorted(mounts_under(pod_dir)) == sorted([first, second])
+    assert sorted(unmount_all(pod_dir)) == sorted([first, second])
+    assert mounts_under(pod_dir) == [] and not is_mounted(first)
+    shutil.rmtree(pod_dir)
+    assert (nfs_server.export_dir / volume / "keep.txt").read_text() == "must survive the pod directory's removal"
