@@ -46,6 +46,14 @@ def _pod(name: str, claim: str) -> Any:
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}
 
 
+def _bound(core: Any, namespace: str, name: str) -> Callable[[], bool]:
+    return lambda: bool(core.read_namespaced_persistent_volume_claim(name, namespace).status.phase == "Bound")
+
+
+def _running(core: Any, namespace: str, name: str) -> Callable[[], bool]:
+    return lambda: bool(core.read_namespaced_pod(name, namespace).status.phase == "Running")
+
+
 def bench_bind(core: Any, namespace: str, count: int) -> list[float]:
     """Seconds from PVC create to Bound, per claim."""
     times = []
@@ -53,7 +61,7 @@ def bench_bind(core: Any, namespace: str, count: int) -> list[float]:
         name = f"bind-{i}"
         t0 = time.perf_counter()
         core.create_namespaced_persistent_volume_claim(namespace, _claim(name))
-        _until(lambda n=name: core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound")
+        _until(_bound(core, namespace, name))
         times.append(time.perf_counter() - t0)
     return times
 
@@ -64,10 +72,10 @@ def bench_pods(core: Any, namespace: str, count: int) -> list[float]:
     for i in range(count):
         claim, name = f"pod-claim-{i}", f"csi-pod-{i}"
         core.create_namespaced_persistent_volume_claim(namespace, _claim(claim))
-        _until(lambda c=claim: core.read_namespaced_persistent_volume_claim(c, namespace).status.phase == "Bound")
+        _until(_bound(core, namespace, claim))
         t0 = time.perf_counter()
         core.create_namespaced_pod(namespace, _pod(name, claim))
-        _until(lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running", timeout=60)
+        _until(_running(core, namespace, name), timeout=60)
         times.append(time.perf_counter() - t0)
         core.delete_namespaced_pod(name, namespace)
     return times
@@ -90,7 +98,7 @@ def run(*, claims: int = 10, pods: int = 5) -> list[Row]:
             t0 = time.perf_counter()
             installing.install(handle, timeout=120)
             rows.append(("meshlab storage install (lab)", f"{time.perf_counter() - t0:.1f} s", "-"))
-            core = handle.clients.core
+            core: Any = handle.clients.core
             namespace = "bench-" + os.urandom(2).hex()
             core.create_namespace({"metadata": {"name": namespace}})
             rows.append(("PVC create -> Bound (CSI NFS, RWX)", _ms(bench_bind(core, namespace, claims)),
@@ -98,9 +106,8 @@ def run(*, claims: int = 10, pods: int = 5) -> list[Row]:
             try:
                 result = _ms(bench_pods(core, namespace, pods))
             except TimeoutError:
-                pod = core.list_namespaced_pod(namespace).items[-1]
-                events = [e.message for e in core.list_namespaced_event(namespace).items
-                          if e.involved_object.name == pod.metadata.name and e.type == "Warning"]
+                events = [str(e.message) for e in core.list_namespaced_event(namespace).items
+                          if e.type == "Warning" and e.reason == "FailedMount"]
                 result = f"not Running after 60 s: {(events or ['no warning event'])[-1][:150]}"
             rows.append(("pod with a CSI volume create -> Running", result, "<= 2 s"))
         finally:
