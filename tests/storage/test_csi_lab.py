@@ -23,7 +23,6 @@ from meshlab import cli
 from meshlab.storage import installing
 from tests.conftest import RunningLab
 
-pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 
@@ -36,6 +35,55 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.1)
+
+
+# -- the manifests and what install changes in them (fast, no lab) ----------------------------------------------
+
+MANIFEST_FILES = sorted(installing.MANIFESTS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=[p.name for p in MANIFEST_FILES])
+def test_manifests_are_valid_kubernetes_objects_for_a_real_cluster(path: Path) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in installing.documents(path):
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "meshlab"
+        assert doc["metadata"].get("namespace", installing.NAMESPACE) == installing.NAMESPACE
+
+
+def test_install_puts_the_lab_export_on_disk_and_picks_the_backend() -> None:
+    [deployment] = [d for d in installing.nfs_server_objects(data_dir=Path("/lab/storage/nfs-data"),
+                                                             backend="ganesha") if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "data", "hostPath": {"path": "/lab/storage/nfs-data",
+                                                            "type": "DirectoryOrCreate"}}]
+    assert pod["containers"][0]["args"][-2:] == ["--backend", "ganesha"]
+    [plain] = [d for d in installing.nfs_server_objects() if d["kind"] == "Deployment"]
+    assert plain["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+
+@pytest.mark.parametrize(("server", "backend", "expected"), [
+    (None, "python", {"server": "nfs-server.meshlab-storage.svc.cluster.local", "version": "3"}),
+    ("127.10.0.4", "ganesha", {"server": "127.10.0.4", "version": "4"}),
+], ids=["real cluster: the Service's name", "lab: the server pod's address"])
+def test_storage_class_names_the_server(server: str | None, backend: str, expected: dict[str, str]) -> None:
+    params = installing.storage_class(installing.csi_objects(server=server, backend=backend))["parameters"]
+    assert {k: params[k] for k in expected} == expected
+    assert params["onDelete"] == "delete" and params["share"] == "/export"
+
+
+def test_status_table() -> None:
+    state = installing.StorageStatus("1/1 ready", "1/1 ready", "1/1 ready", "1/1 ready",
+                                     {"server": "127.10.0.4", "share": "/export"}, {"lab-node": True}, ["ns/data"])
+    assert state.healthy
+    assert installing.format_status(state).splitlines()[-3:] == [
+        "storageclass meshlab-nfs: server=127.10.0.4, share=/export",
+        "node lab-node: nfs.csi.meshlab.io registered",
+        "claims of meshlab-nfs: 1 (ns/data)"]
+    assert not installing.StorageStatus("0/1 ready", "1/1 ready", "1/1 ready", "1/1 ready", {}, {}, []).healthy
+
+
+# -- end to end in the lab ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +141,7 @@ def pods_gone(handle: meshlab.lab.Lab, namespace: str) -> bool:
     return not handle.core.list_namespaced_pod(namespace).items
 
 
+@pytest.mark.slow
 def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab, namespace: str,
                                                         export_dir: Path) -> None:
     handle = storage
@@ -123,6 +172,7 @@ def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab
     assert not (export_dir / pv).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("on_delete", "left"), [("retain", "{}"), ("archive", "archived-{}")])
 def test_deleting_the_claim_follows_on_delete(storage: meshlab.lab.Lab, namespace: str, export_dir: Path,
                                               on_delete: str, left: str) -> None:
@@ -144,6 +194,7 @@ def test_deleting_the_claim_follows_on_delete(storage: meshlab.lab.Lab, namespac
         handle.clients.storage.delete_storage_class(name)
 
 
+@pytest.mark.slow
 def test_unknown_parameter_leaves_the_claim_pending_with_invalid_argument(storage: meshlab.lab.Lab,
                                                                            namespace: str) -> None:
     handle = storage
