@@ -1,6 +1,7 @@
 """Citadel as a pod in the embedded lab (``meshlab mesh install`` deploys ``citadel.yaml``): it publishes the trust
-bundle into a new namespace, a service account's token gets a certificate for exactly that account (found
-through the API when DNS fails, as the proxy finds it), a forged CSR still gets the caller's own identity, no
+bundle into a new namespace, a pod's projected token gets a certificate from inside the pod, a service
+account's token gets a certificate for exactly that account (found through the API when DNS fails, as the
+proxy finds it), a forged CSR still gets the caller's own identity, no
 or a bad token is UNAUTHENTICATED, ``/debug/stats`` counts it all, ``meshlab citadel rotate-root`` keeps old
 and new certificates valid during the overlap, after which only the new root is trusted, and a plug-in
 CA from the Secret ``cacerts`` signs after a restart."""
@@ -111,6 +112,51 @@ def test_a_service_account_token_gets_its_own_certificate(mesh: tuple[meshlab.la
     cert = certificate(handle, namespace, tmp_path, roots)
     assert cert.spiffe_id == f"spiffe://cluster.local/ns/{namespace}/sa/web"
     verify_chain(cert.chain_pem, roots, trust_domain="cluster.local")
+
+
+# Runs inside the pod: istio-agent's part, with the pod's projected token and mounted trust bundle, finding
+# Citadel through the API (the lab has no cluster DNS). MESHLAB_MOUNTS maps a mount path to where the lab put it.
+IN_POD = """
+import asyncio, json, os, sys
+from pathlib import Path
+from meshlab.mesh.citadel.client import CertificateProvider
+from meshlab.mesh.proxy.main import ApiResolver, in_cluster_api
+mounts = json.loads(os.environ.get("MESHLAB_MOUNTS") or "{}")
+def real(path):
+    for target in sorted(mounts, key=len, reverse=True):
+        if path.startswith(target.rstrip("/") + "/"):
+            return mounts[target] + path[len(target.rstrip("/")):]
+    return path
+address = "istio-citadel.istio-system.svc:15012"
+resolve = ApiResolver(sys.argv[1], in_cluster_api())
+async def main():
+    certs = CertificateProvider(address, Path(real("/var/run/secrets/tokens/istio-token")), ca_roots_pem=None,
+                                ttl=600, resolve=lambda: asyncio.to_thread(resolve, address),
+                                trust_domain="cluster.local",
+                                roots_path=Path(real("/var/run/secrets/istio/root-cert.pem")))
+    cert = await asyncio.wait_for(certs.start(), 30)
+    await certs.stop()
+    print(cert.spiffe_id)
+asyncio.run(main())
+"""
+
+
+def test_a_pods_projected_token_gets_its_certificate(mesh: tuple[meshlab.lab.Lab, str]) -> None:
+    handle, namespace = mesh
+    bundle(handle, namespace)  # the pod mounts istio-ca-root-cert: it must exist first
+    handle.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "workload"}, "spec": {
+        "serviceAccountName": "web", "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "app", "image": "meshlab/meshlab:dev",
+                        "command": ["python", "-c", "import time; time.sleep(10**6)"],
+                        "volumeMounts": [{"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
+                                         {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"}]}],
+        "volumes": [{"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                        "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}},
+                    {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}]}},
+                 namespace=namespace)
+    handle.wait_ready("pod", "workload", namespace=namespace, timeout=60)
+    out = handle.kubectl("exec", "-n", namespace, "workload", "--", "python", "-c", IN_POD, namespace, timeout=60)
+    assert out.strip().splitlines()[-1] == f"spiffe://cluster.local/ns/{namespace}/sa/web"
 
 
 def test_a_forged_csr_gets_the_callers_identity(mesh: tuple[meshlab.lab.Lab, str]) -> None:
