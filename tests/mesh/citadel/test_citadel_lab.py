@@ -1,10 +1,10 @@
 """Citadel as a pod in the embedded lab (``meshlab mesh install`` deploys ``citadel.yaml``): it publishes the trust
-bundle into a new namespace, a pod's projected token gets a certificate from inside the pod, a service
-account's token gets a certificate for exactly that account (found through the API when DNS fails, as the
-proxy finds it), a forged CSR still gets the caller's own identity, no
-or a bad token is UNAUTHENTICATED, ``/debug/stats`` counts it all, ``meshlab citadel rotate-root`` keeps old
-and new certificates valid during the overlap, after which only the new root is trusted, and a plug-in
-CA from the Secret ``cacerts`` signs after a restart."""
+bundle into a new namespace; a pod's projected token gets a certificate from inside the pod; a service account's
+token gets a certificate for exactly that account (Citadel found through the API when DNS fails, as the proxy
+finds it); a forged CSR still gets the caller's own identity; no, a bad or a foreign-audience token is
+UNAUTHENTICATED; ``/debug/stats`` counts it all; ``meshlab citadel rotate-root`` keeps old and new certificates
+valid during the overlap, after which only the new root is trusted; a plug-in CA from the Secret ``cacerts``
+signs after a restart."""
 
 from __future__ import annotations
 
