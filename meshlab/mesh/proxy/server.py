@@ -96,6 +96,11 @@ class _Listener:
     chains: tuple[FilterChain, ...] = ()  # inbound: this port's filter chains (plaintext / mTLS, RBAC)
     rbac: tuple[rbac.RbacFilter, ...] = ()
     port: int = 0
+    # A connection's view of its inbound port: the port's live listener and the transport it came in on, so
+    # each request takes the port's current chain (a new AuthorizationPolicy applies to open connections too).
+    parent: _Listener | None = None
+    transport: str = ""
+    tls: bool = False
 
 
 @dataclass
@@ -302,7 +307,7 @@ class Sidecar:
             principal = uri_sans(peercert)[0]
             self.stats["listener.ssl.handshake"] += 1
         chosen = _Listener(listener.name, chain.route_config_name, chain.fault_filter, rbac=chain.rbac,
-                           port=listener.port)
+                           port=listener.port, parent=listener, transport=transport, tls=downstream_tls)
         await self._serve_connection(reader, writer, chosen, mtls=downstream_tls, principal=principal)
 
     # ---- downstream connections ----------------------------------------------------------------------------
@@ -326,14 +331,16 @@ class Sidecar:
                 if request is None:
                     break
                 self._in_flight += 1
+                drain = False
                 try:
                     if listener is None:
                         response = await self._admin_request(request)
                     else:
+                        listener, drain = self._current_chain(listener)
                         response = await self._proxy(listener, request, downstream)
                 finally:
                     self._in_flight -= 1
-                keep = request.keep_alive and not self.stopping.is_set()
+                keep = request.keep_alive and not self.stopping.is_set() and not drain
                 if not keep:
                     response.headers.append(("connection", "close"))
                 writer.write(http1.encode_response(response, method=request.method))
@@ -345,6 +352,19 @@ class Sidecar:
         finally:
             self._connections.discard(writer)
             writer.close()
+
+    def _current_chain(self, listener: _Listener) -> tuple[_Listener, bool]:
+        """The chain an inbound connection's next request uses: the port's current one for the connection's
+        transport. When no current chain takes this connection any more (the port became STRICT under a
+        plaintext connection), the request is served as before and the connection drained, as Envoy drains
+        connections of a removed filter chain."""
+        if listener.parent is None:
+            return listener, False
+        chain = select_chain(listener.parent.chains, listener.transport)
+        if chain is None or (chain.tls is not None) != listener.tls:
+            return listener, True
+        return replace(listener, route_name=chain.route_config_name, fault_filter=chain.fault_filter,
+                       rbac=chain.rbac), False
 
     # ---- the router ----------------------------------------------------------------------------------------
 

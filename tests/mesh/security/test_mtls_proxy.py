@@ -210,3 +210,26 @@ def test_authorization_policy_applies_on_the_inbound_side(path: str, status: int
         assert (got, body_text in text) == (status, True)
 
     run(state(policies=(deny,)), body)
+
+
+def test_a_new_policy_applies_to_connections_already_open() -> None:
+    deny_all = AuthorizationPolicy("allow-nothing", "default", {})
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(b"GET /reviews/0 HTTP/1.1\r\nHost: reviews:9080\r\n\r\n")
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        return int(head.split()[1])
+
+    async def body(mesh: Mesh, proxy: RunningProxy, _: StaticProvider) -> None:
+        reader, writer = await asyncio.open_connection(REVIEWS_IP, PORT, ssl=client_context(SLEEP_CERT))
+        assert await exchange(reader, writer) == 200
+        await mesh.update(state(policies=(deny_all,)))
+        await asyncio.sleep(0.1)  # the listener reconciliation after the update
+        assert await exchange(reader, writer) == 403  # same keep-alive connection
+        writer.close()
+
+    run(state(), body)
