@@ -173,6 +173,28 @@ def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab
 
 
 @pytest.mark.slow
+def test_inline_ephemeral_csi_volume(storage: meshlab.lab.Lab, namespace: str, export_dir: Path) -> None:
+    handle = storage
+    params = plain(handle, handle.clients.storage.read_storage_class("meshlab-nfs"))["parameters"]
+    subdir = "inline-" + os.urandom(3).hex()
+    token = "inline-" + os.urandom(4).hex()
+    handle.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "inline"}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "app", "image": "meshlab/tools:1",
+                        "command": ["sh", "-c", f"echo {token} > /data/note.txt && exec sleep 3600"],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/data"}]}],
+        "volumes": [{"name": "scratch", "csi": {"driver": "nfs.csi.meshlab.io", "volumeAttributes": {
+            "server": params["server"], "share": params["share"], "port": params["port"],
+            "version": params["version"], "subDir": subdir}}}]}}, namespace=namespace)
+    handle.wait_ready("pod", "inline", namespace=namespace, timeout=60)
+    note = export_dir / subdir / "note.txt"
+    wait_for("the pod's file on the export", lambda: note.exists() and note.read_text() == token + "\n")
+    handle.core.delete_namespaced_pod("inline", namespace)
+    wait_for("the pod to be gone", lambda: pods_gone(handle, namespace))
+    assert note.read_text() == token + "\n"  # an inline volume's directory is the volume context's, kept
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("on_delete", "left"), [("retain", "{}"), ("archive", "archived-{}")])
 def test_deleting_the_claim_follows_on_delete(storage: meshlab.lab.Lab, namespace: str, export_dir: Path,
                                               on_delete: str, left: str) -> None:
