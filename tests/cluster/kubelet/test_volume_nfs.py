@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from meshlab.cluster.kubelet.volume_plugins.flexvolume import FlexVolumePlugin, plugin_dir
+from meshlab.cluster.kubelet.volume_plugins.flexvolume import FlexVolumePlugin, installed_drivers, plugin_dir
 from meshlab.cluster.kubelet.volume_plugins.nfs import NfsPlugin, parse_server
 from meshlab.cluster.kubelet.volume_plugins.pvc import PersistentVolumeClaimPlugin, pv_volume
 from meshlab.mounting.mount import is_mounted, mount_support
@@ -226,6 +226,7 @@ def test_flexvolume_failures(env: Env, volume: dict[str, Any], secret: dict[str,
 @pytest.mark.slow
 def test_meshlab_flexvolume_driver_mounts_the_export(env: Env, nfs_server: Any, share: str) -> None:
     install_driver(plugin_dir(env.api.lab_dir))
+    assert "meshlab/nfs" in installed_drivers(plugin_dir(env.api.lab_dir))
     loc = nfs_server.location
     pod = env.pod([{"name": "data", "flexVolume": {"driver": "meshlab/nfs", "options": {
         "server": loc.server, "share": loc.export, "subDir": "volumes/share", "port": str(loc.port),

@@ -33,7 +33,7 @@ from typing import Any
 from meshlab.cluster.kubelet.volume_plugins import VolumeContext, VolumeError
 from meshlab.mounting import mount
 
-__all__ = ["FlexVolumePlugin", "driver_options", "plugin_dir"]
+__all__ = ["FlexVolumePlugin", "driver_options", "installed_drivers", "plugin_dir"]
 
 PLUGIN_DIR = "volumeplugins"
 CALL_TIMEOUT = 120.0
@@ -42,6 +42,18 @@ CALL_TIMEOUT = 120.0
 def plugin_dir(lab_dir: Path) -> Path:
     """The lab kubelet's FlexVolume exec plugin directory."""
     return Path(lab_dir) / PLUGIN_DIR
+
+
+def installed_drivers(directory: Path) -> list[str]:
+    """The drivers a kubelet would find in ``directory``: ``vendor/name`` for each ``vendor~name/name``
+    executable (what ``kubectl``'s users write in ``flexVolume.driver``)."""
+    found = []
+    for vendor_dir in sorted(Path(directory).glob("*~*")):
+        vendor, _, name = vendor_dir.name.partition("~")
+        executable = vendor_dir / name
+        if executable.is_file() and os.access(executable, os.X_OK):
+            found.append(f"{vendor}/{name}")
+    return found
 
 
 class DriverCallError(Exception):
