@@ -67,16 +67,18 @@ def _kernel_problem() -> str | None:
 
 def _fuse_problem() -> str | None:
     if not Path("/dev/fuse").exists():
-        return "FUSE is not available: /dev/fuse missing (load the fuse module, or run the lab with --device /dev/fuse)"
+        return ("FUSE is not available: /dev/fuse missing (modprobe fuse; inside a container, start it with "
+                "--device /dev/fuse --cap-add SYS_ADMIN)")
     fusermount = shutil.which("fusermount3")
     if fusermount is None:
-        return f"FUSE is not available: fusermount3 missing ({INSTALL_FUSE})"
+        return f"FUSE is not available: fusermount3 missing; {INSTALL_FUSE}"
     if ctypes.util.find_library("fuse3") is None:
-        return f"FUSE is not available: libfuse3 missing ({INSTALL_FUSE})"
+        return f"FUSE is not available: libfuse3 missing; {INSTALL_FUSE}"
     if importlib.util.find_spec("mfusepy") is None:
         return "FUSE is not available: the Python package mfusepy is missing (pip install mfusepy)"
     if os.geteuid() != 0 and not os.stat(fusermount).st_mode & stat.S_ISUID:
-        return f"FUSE is not available to uid {os.geteuid()}: {fusermount} is not setuid root ({INSTALL_FUSE})"
+        return (f"FUSE is not available to uid {os.geteuid()}: {fusermount} is not setuid root; reinstall fuse3 "
+                "(apt-get install --reinstall fuse3) or run the lab as root")
     return None
 
 
@@ -91,7 +93,8 @@ def _choose() -> str:
     fuse = _fuse_problem() if wanted in ("auto", "fuse") else "MESHLAB_NFS_MOUNTER=kernel"
     if fuse is None:
         return "fuse"
-    raise MountError(f"cannot mount NFS on this node: {kernel}; {fuse}")
+    raise MountError(f"cannot mount NFS on this node. Kernel: {kernel}. {fuse}. Until then pods using NFS volumes "
+                     "stay ContainerCreating (meshlab never substitutes a local directory)")
 
 
 def mount_support() -> str | None:
