@@ -125,6 +125,17 @@ def test_nfs_failures_are_failed_mount(env: Env, nfs_server: Any, source: dict[s
     assert not is_mounted(env.pod_dir / "volumes" / "kubernetes.io~nfs" / "data")
 
 
+def test_no_way_to_mount_says_what_to_install(env: Env, nfs_server: Any, share: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no fusermount3 (and this kernel has no NFS client either)
+    monkeypatch.setenv("MESHLAB_NFS_MOUNTER", "fuse")
+    pod = env.pod([{"name": "data", "nfs": {"server": server_of(nfs_server), "path": share}}], **no_token())
+    failure = env.failure(pod)
+    assert failure.reason == "FailedMount"
+    assert "fusermount3 missing; install fuse3 (apt-get install fuse3)" in failure.message
+    assert not (env.pod_dir / "volumes" / "kubernetes.io~nfs" / "data").exists()  # no local stand-in
+
+
 # -- flexVolume ----------------------------------------------------------------------------------------------
 
 RECORDER = """#!/bin/sh
