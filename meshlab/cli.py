@@ -58,10 +58,14 @@ def _mesh(args: argparse.Namespace) -> int:
     import meshlab.lab
     from meshlab.mesh import installing
 
+    from meshlab.mesh.citadel.settings import TRUST_DOMAIN, WORKLOAD_CERT_TTL, settings_from_mesh
+
+    # Checked before the cluster is touched: a bad flag changes nothing.
+    security = settings_from_mesh({TRUST_DOMAIN: args.trust_domain, WORKLOAD_CERT_TTL: args.workload_cert_ttl})
     lab = meshlab.lab.connect(args.kubeconfig)
     try:
         if args.action == "install":
-            installing.install(lab, timeout=args.timeout)
+            installing.install(lab, timeout=args.timeout, security=security)
             print(installing.format_status(installing.status(lab)))
             return 0
         if args.action == "uninstall":
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     mesh.add_argument("--kubeconfig", type=Path, default=None, help="cluster (default: the running embedded lab)")
     mesh.add_argument("--timeout", type=float, default=60, help="seconds to wait for istiod (default 60)")
     mesh.add_argument("--purge", action="store_true", help="uninstall: also delete the CRDs and every VS/DR")
+    mesh.add_argument("--trust-domain", default="", help="install: the SPIFFE trust domain (default cluster.local)")
+    mesh.add_argument("--workload-cert-ttl", default="",
+                      help="install: lifetime of workload certificates, e.g. 60s to watch rotation (default 24h)")
     mesh.set_defaults(func=_mesh)
     inject = sub.add_parser("inject", help="add sidecars to a manifest's pods, like istioctl kube-inject")
     inject.add_argument("-f", "--filename", required=True, help="the manifest (YAML; - for stdin)")
