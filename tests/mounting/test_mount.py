@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,11 @@ def test_plain_file_io_reaches_the_export_and_other_clients(nfs_server: Any, vol
     on_disk = nfs_server.export_dir / volume / "logs" / "app.log"
     assert on_disk.read_text() == "line 1\nline 2\n"
     assert on_disk.stat().st_mode & 0o777 == 0o640
+    if shutil.which("nfs-cat"):  # libnfs: a client that shares no code with the mount's nfs-rs
+        base, _, query = nfs_server.url.partition("?")
+        read = subprocess.run(["nfs-cat", f"{base}/{volume}/logs/app.log?{query}"], capture_output=True,
+                              timeout=30, check=True)
+        assert read.stdout == b"line 1\nline 2\n"
     with NfsClient(nfs_server.location) as other:
         assert other.read_file(f"{volume}/logs/app.log") == b"line 1\nline 2\n"
         other.write_file(f"{volume}/from-other-client", b"written elsewhere")
