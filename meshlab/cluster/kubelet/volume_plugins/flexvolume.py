@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import subprocess
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ class FlexVolumePlugin:
     def __init__(self, plugin_dir: Path | None = None) -> None:
         self.plugin_dir = Path(plugin_dir) if plugin_dir is not None else None
         self._drivers: dict[Path, _Driver] = {}
-        self.calls: list[tuple[str, ...]] = []  # (driver, command, mount dir): what the lab executed, in order
+        # (driver, command, mount dir): the recent calls the lab executed, in order (for lessons).
+        self.calls: deque[tuple[str, ...]] = deque(maxlen=500)
 
     def _dir(self, ctx: VolumeContext) -> Path:
         return self.plugin_dir if self.plugin_dir is not None else plugin_dir(ctx.lab_dir)
