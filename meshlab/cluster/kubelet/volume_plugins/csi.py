@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -112,6 +113,21 @@ def import_mount(pid: int, target: Path) -> str:
     done = subprocess.run([sys.executable, "-I", "-S", "-c", _IMPORT_MOUNT, str(pid), str(target)],
                           capture_output=True, text=True, timeout=10)
     return "" if done.returncode == 0 and os.path.ismount(target) else (done.stderr.strip() or "no mount appeared")
+
+
+def is_corrupted_mount(path: Path) -> bool:
+    """A mount whose server side is gone (a dead FUSE daemon, a stale NFS handle): ``IsCorruptedMnt``."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno in (errno.ENOTCONN, errno.ESTALE, errno.EIO)
+    return False
+
+
+def detach(path: Path) -> str:
+    """Lazily unmount ``path`` (``umount -l``); returns "" or the error."""
+    done = subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True)
+    return "" if done.returncode == 0 else done.stderr.strip() or f"umount exited {done.returncode}"
 
 
 def ephemeral_handle(pod_uid: str, volume_name: str) -> str:
@@ -199,6 +215,7 @@ class CsiPlugin:
         self.opts = opts or WriteOptions(user={"username": f"system:node:{node_name}", "groups": ["system:nodes"]},
                                          field_manager="kubelet")
         self.drivers: dict[str, Driver] = {}
+        self.imported: set[Path] = set()  # targets whose mount this kubelet brought over from a driver
 
     # -- registration (PluginHandler) ------------------------------------------------------------------------
 
@@ -346,6 +363,9 @@ class CsiPlugin:
         volume_dir = ctx.volume_dir(CSI_DIR, pub.dir_name)
         target = volume_dir / "mount"
         volume_dir.mkdir(parents=True, exist_ok=True)
+        if is_corrupted_mount(target):
+            # Left by a driver that died (e.g. the lab stopped): the kubelet unmounts and publishes again.
+            await asyncio.to_thread(detach, target)
         (volume_dir / VOL_DATA).write_text(json.dumps({
             "driverName": pub.driver, "volumeHandle": pub.volume_id, "specVolID": str(volume.get("name")),
             "volumeLifecycleMode": "Ephemeral" if pub.ephemeral else "Persistent", "nodeName": self.node_name}))
@@ -372,6 +392,7 @@ class CsiPlugin:
                     f"lab's containers run in private mount namespaces): {why}"))
             data = json.loads((volume_dir / VOL_DATA).read_text())
             (volume_dir / VOL_DATA).write_text(json.dumps({**data, "importedMount": True}))
+            self.imported.add(target)
         return target
 
     async def teardown(self, ctx: VolumeContext, volume: Obj, path: Path) -> None:
@@ -388,12 +409,12 @@ class CsiPlugin:
                 shutil.rmtree(volume_dir)
             return
         driver = self._driver(ctx, volume, driver_name, "unmounter.TearDownAt")
-        if data.get("importedMount") and os.path.ismount(path):
+        if data.get("importedMount") and (os.path.ismount(path) or is_corrupted_mount(path)):
             # Our copy of the driver's mount goes first; the driver then unmounts its own.
-            done = await asyncio.to_thread(subprocess.run, ["umount", "-l", str(path)], capture_output=True,
-                                           text=True)
-            if done.returncode != 0:
-                raise VolumeError("FailedUnmount", f"kubernetes.io/csi: umount {path}: {done.stderr.strip()}")
+            why = await asyncio.to_thread(detach, path)
+            if why:
+                raise VolumeError("FailedUnmount", f"kubernetes.io/csi: umount {path}: {why}")
+        self.imported.discard(path)
         try:
             # The pod worker does not retry a failed teardown: be patient here instead.
             await call_retrying(driver.node.NodeUnpublishVolume,
@@ -413,6 +434,14 @@ class CsiPlugin:
                 leftover.rmdir()
 
     async def close(self) -> None:
+        """The kubelet stops (its pods are stopped first): detach the mounts brought over from drivers, which
+        would otherwise outlive the drivers as dead mount points on the host; setup brings them back."""
+        for path in list(self.imported):
+            if os.path.ismount(path) or is_corrupted_mount(path):
+                why = await asyncio.to_thread(detach, path)
+                if why:
+                    log.warning("detaching %s failed: %s", path, why)
+        self.imported.clear()
         for driver in list(self.drivers.values()):
             with contextlib.suppress(Exception):
                 await driver.channel.close()
