@@ -115,8 +115,12 @@ class NfsOperations(mfusepy.Operations):
         if self.read_only:
             raise mfusepy.FuseOSError(errno.EROFS)
 
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         self.mounted = True
+        if conn_info is not None:
+            # Ask the kernel for 1 MiB WRITEs (libfuse then negotiates max_pages): 8x fewer round trips.
+            conn_info.max_write = 1 << 20
+            conn_info.max_readahead = 1 << 20
         log.info("mounted; serving NFS calls")
 
     # -- metadata -----------------------------------------------------------------------------------
