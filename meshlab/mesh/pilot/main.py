@@ -90,11 +90,13 @@ async def run_pilot(*, host: str, xds_port: int = XDS_PORT, debug_port: int = DE
     """Serve until cancelled."""
     clients = kube.clients(kubeconfig)
     ads = AdsServer()
-    # The mesh's trust domain (mesh config trustDomain; Istio's TRUST_DOMAIN): the SPIFFE IDs Pilot expects.
-    trust_domain = os.environ.get("TRUST_DOMAIN") or "cluster.local"
-    watcher = Watcher(clients.api_client, ads.set_state, trust_domain=trust_domain)
     injector = Injector(clients.api_client, make_credentials(
         service_names(), [host] if host not in ("0.0.0.0", "::") else []))
+    # The mesh's trust domain (the mesh config's trustDomain, which the injector keeps re-reading; TRUST_DOMAIN
+    # in the environment overrides it, as istiod's): the SPIFFE IDs Pilot writes into TLS and RBAC config.
+    fixed = os.environ.get("TRUST_DOMAIN")
+    watcher = Watcher(clients.api_client, ads.set_state,
+                      trust_domain=(lambda: fixed) if fixed else (lambda: injector.config.trust_domain))
     grpc_server, bound = await serve(ads, host=host, port=xds_port)
     webhook = await injector.serve(host, webhook_port)
     reconciling = asyncio.create_task(injector.reconcile())

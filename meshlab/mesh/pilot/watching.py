@@ -227,7 +227,7 @@ class Watcher:
 
     def __init__(self, api_client: client.ApiClient, publish: Callable[[MeshState], object], *,
                  debounce: float = 0.1, debounce_max: float = 1.0, watch_timeout: int = 300,
-                 trust_domain: str = "cluster.local") -> None:
+                 trust_domain: str | Callable[[], str] = "cluster.local") -> None:
         self._api = api_client
         self._trust_domain = trust_domain
         self._publish = publish
@@ -281,7 +281,8 @@ class Watcher:
         return self.cache.apply(item.kind, item.type, item.obj)
 
     def _publish_if_changed(self) -> None:
-        state = state_from(self.cache.objects(), trust_domain=self._trust_domain)
+        trust_domain = self._trust_domain() if callable(self._trust_domain) else self._trust_domain
+        state = state_from(self.cache.objects(), trust_domain=trust_domain)
         if state == self.published:
             return
         self.published = state
