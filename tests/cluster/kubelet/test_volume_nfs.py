@@ -329,3 +329,18 @@ def test_claim_of_an_nfs_pv_mounts_it_with_its_options(env: Env, nfs_server: Any
     from meshlab.cluster.rest import WriteOptions
     env.run(env.api.rest.delete(rt, "", pv_name, {}, WriteOptions()))
     torn_down(env, pod, paths)
+
+
+def test_claim_of_a_flexvolume_pv_reaches_the_driver(env: Env) -> None:
+    log = recorder(env)
+    pv_name = f"{env.namespace}-flex"
+    pvc = claim(env, "flex", bound_to=pv_name)
+    volume(env, pv_name, {"flexVolume": {"driver": "acme/rec", "options": {"share": "/export"}}}, pvc)
+    pod = env.pod([{"name": "vol", "persistentVolumeClaim": {"claimName": "flex", "readOnly": True}}], **no_token())
+    paths = env.setup(pod)
+    assert paths["vol"] == env.pod_dir / "volumes" / "acme~rec" / pv_name
+    options = json.loads(Path(f"{log}.options").read_text())
+    assert (options["share"], options["kubernetes.io/pvOrVolumeName"], options["kubernetes.io/readwrite"]) == (
+        "/export", pv_name, "ro")
+    env.run(env.manager.teardown(pod, env.pod_dir))
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["init", "mount", "unmount"]

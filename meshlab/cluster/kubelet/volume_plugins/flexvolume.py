@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlab.cluster.kubelet.volume_plugins import VolumeContext, VolumeError
+from meshlab.errors import NotFound
 from meshlab.mounting import mount
 
 __all__ = ["FlexVolumePlugin", "driver_options", "installed_drivers", "plugin_dir"]
@@ -180,14 +181,21 @@ class FlexVolumePlugin:
             raise
 
     def _secrets(self, ctx: VolumeContext, source: dict[str, Any], driver: str) -> dict[str, bytes]:
-        name = str((source.get("secretRef") or {}).get("name") or "")
+        ref = source.get("secretRef") or {}
+        name = str(ref.get("name") or "")
         if not name:
             return {}
-        secret = ctx.lookup("secrets", name)
+        # A PV's FlexPersistentVolumeSource may name the Secret's namespace; a pod's volume uses its own.
+        namespace = str(ref.get("namespace") or ctx.namespace)
+        rt = ctx.rest.registry.lookup("", "v1", "secrets")
+        try:
+            secret = ctx.rest.get(rt, namespace, name) if rt is not None else None
+        except NotFound:
+            secret = None
         if secret is None:
-            raise ValueError(f'Couldn\'t get secret {ctx.namespace}/{name} err: secrets "{name}" not found')
+            raise ValueError(f'Couldn\'t get secret {namespace}/{name} err: secrets "{name}" not found')
         if secret.get("type") != driver:
-            raise ValueError(f"Couldn't get secret {ctx.namespace}/{name} err: cannot get secret of type {driver} "
+            raise ValueError(f"Couldn't get secret {namespace}/{name} err: cannot get secret of type {driver} "
                              f"(it is {secret.get('type') or 'Opaque'}: a FlexVolume secret must have "
                              f"type: {driver})")
         return {str(k): base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
