@@ -11,13 +11,15 @@ circuit breaker, load balancer minus ejected hosts, the call bounded by the per-
 feeding each result to outlier detection and the retry state until the retry state says stop. The response
 gets ``x-envoy-upstream-service-time`` and ``server: envoy`` (Envoy's default ``server_name``, which Istio's
 sidecar listeners keep; only Istio's gateways say ``istio-envoy``), and one access-log line goes to stdout.
-When Pilot goes away nothing changes here: the ADS client keeps the last good config.
+When Pilot goes away nothing changes here: the ADS client keeps the last good config. Inbound ports with
+filter chains go through :mod:`inbound_security` first (TLS sniffing, mTLS, RBAC); upstream connections to
+``tlsMode: istio`` endpoints are mTLS (:mod:`upstream`); both use :attr:`Sidecar.tls`, the workload
+certificate's contexts, rebuilt on every rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -34,9 +36,10 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from meshlab.mesh.proxy import admin, http1, inbound, rbac
+from meshlab.mesh.proxy import admin, http1, inbound
 from meshlab.mesh.proxy.accesslog import AccessRecord, ensure_request_id, format_line
-from meshlab.mesh.proxy.config import FilterChain, ProxyConfig, Route, select_chain
+from meshlab.mesh.proxy.config import ProxyConfig, Route
+from meshlab.mesh.proxy.inbound_security import InboundSecurity, _Downstream, _Listener
 from meshlab.mesh.proxy.policies import (
     LocalReply,
     ResponseFlag,
@@ -56,7 +59,7 @@ from meshlab.mesh.proxy.policies import (
 )
 from meshlab.mesh.proxy.retrying import Outcome, RetryState
 from meshlab.mesh.proxy.routing import RequestHead, route_request
-from meshlab.mesh.proxy.tls import WorkloadTls, describe, handshake_problem, looks_like_tls, peer_problem, uri_sans
+from meshlab.mesh.proxy.tls import WorkloadTls, describe
 from meshlab.mesh.proxy.upstream import AttemptResult, ClusterState
 from meshlab.mesh.xds import resources as xds
 
@@ -88,31 +91,7 @@ class Settings:
 
 
 @dataclass
-class _Listener:
-    name: str
-    route_name: str
-    fault_filter: bool
-    server: asyncio.Server | inbound.InboundServer | None = None
-    chains: tuple[FilterChain, ...] = ()  # inbound: this port's filter chains (plaintext / mTLS, RBAC)
-    rbac: tuple[rbac.RbacFilter, ...] = ()
-    port: int = 0
-    # A connection's view of its inbound port: the port's live listener and the transport it came in on, so
-    # each request takes the port's current chain (a new AuthorizationPolicy applies to open connections too).
-    parent: _Listener | None = None
-    transport: str = ""
-    tls: bool = False
-
-
-@dataclass
-class _Downstream:
-    local: str
-    remote: str
-    mtls: bool = False
-    principal: str = ""  # the peer's SPIFFE ID (URI SAN) on an mTLS connection
-
-
-@dataclass
-class Sidecar:
+class Sidecar(InboundSecurity):
     """The running proxy. :meth:`apply` takes each accepted config; :meth:`start`/:meth:`stop` run it."""
 
     settings: Settings
@@ -266,50 +245,6 @@ class Sidecar:
 
         return await asyncio.start_server(connection, host, port, limit=http1.MAX_HEAD + 1024)
 
-    async def _serve_inbound(self, sock: socket.socket, listener: _Listener) -> None:
-        """One inbound connection: tls_inspector, filter-chain match, TLS handshake and peer check, then HTTP."""
-        peer = "-"
-        with contextlib.suppress(OSError):
-            host, port = sock.getpeername()[:2]
-            peer = f"{host}:{port}"
-        chains = listener.chains
-        transport = ""
-        if any(c.transport_protocol for c in chains):
-            first = await inbound.peek(sock, self.settings.header_timeout)
-            transport = "tls" if looks_like_tls(first) else "raw_buffer"
-        chain = select_chain(chains, transport)
-        context = self.tls.server if chain is not None and chain.tls is not None else None
-        if chain is None or (chain.tls is not None and context is None):
-            self.stats["listener.no_filter_chain_match" if chain is None else "listener.ssl.no_certificate"] += 1
-            why = (f"no filter chain for {transport or 'this'} traffic on port {listener.port} (STRICT mTLS "
-                   "refuses plaintext)" if chain is None else "no workload certificate to serve mTLS with")
-            log.warning("connection from %s to port %d closed: %s", peer, listener.port, why)
-            sock.close()
-            return
-        try:
-            reader, writer = await inbound.streams(sock, context, handshake_timeout=self.settings.header_timeout)
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as err:
-            self.stats["listener.ssl.connection_error"] += 1
-            log.warning("mTLS handshake from %s on port %d refused: %s", peer, listener.port, handshake_problem(err))
-            sock.close()
-            return
-        downstream_tls = chain.tls is not None
-        principal = ""
-        if downstream_tls:
-            assert chain.tls is not None
-            peercert = writer.get_extra_info("peercert")
-            problem = peer_problem(peercert, chain.tls.peer_sans)
-            if problem is not None:
-                self.stats["listener.ssl.fail_verify_san"] += 1
-                log.warning("mTLS peer %s on port %d refused: %s", peer, listener.port, problem)
-                writer.close()
-                return
-            principal = uri_sans(peercert)[0]
-            self.stats["listener.ssl.handshake"] += 1
-        chosen = _Listener(listener.name, chain.route_config_name, chain.fault_filter, rbac=chain.rbac,
-                           port=listener.port, parent=listener, transport=transport, tls=downstream_tls)
-        await self._serve_connection(reader, writer, chosen, mtls=downstream_tls, principal=principal)
-
     # ---- downstream connections ----------------------------------------------------------------------------
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -353,19 +288,6 @@ class Sidecar:
             self._connections.discard(writer)
             writer.close()
 
-    def _current_chain(self, listener: _Listener) -> tuple[_Listener, bool]:
-        """The chain an inbound connection's next request uses: the port's current one for the connection's
-        transport. When no current chain takes this connection any more (the port became STRICT under a
-        plaintext connection), the request is served as before and the connection drained, as Envoy drains
-        connections of a removed filter chain."""
-        if listener.parent is None:
-            return listener, False
-        chain = select_chain(listener.parent.chains, listener.transport)
-        if chain is None or (chain.tls is not None) != listener.tls:
-            return listener, True
-        return replace(listener, route_name=chain.route_config_name, fault_filter=chain.fault_filter,
-                       rbac=chain.rbac), False
-
     # ---- the router ----------------------------------------------------------------------------------------
 
     async def _proxy(self, listener: _Listener, request: http1.Request, downstream: _Downstream) -> http1.Response:
@@ -397,24 +319,6 @@ class Sidecar:
         for callback in self.on_record:
             callback(record)
         return response
-
-    def _authorize(self, listener: _Listener, method: str, path: str, authority: str, headers: http1.Headers,
-                   downstream: _Downstream) -> tuple[http1.Response, str] | None:
-        """The RBAC filters of the chain: None lets the request through, else Envoy's 403."""
-        if not listener.rbac:
-            return None
-        head = RequestHead(method, path, authority, tuple(headers))
-        decision = rbac.evaluate(listener.rbac, rbac.Request(head, listener.port, downstream.principal))
-        if decision.allowed:
-            self.stats["rbac.allowed"] += 1
-            return None
-        self.stats["rbac.denied"] += 1
-        # Envoy's response code details: rbac_access_denied_matched_policy[<policy>|none]
-        details = f"{rbac.DENIED_DETAILS}[{decision.policy or 'none'}]"
-        log.info("RBAC: %s %s from %s on port %d %s", method, path, downstream.principal or downstream.remote,
-                 listener.port, decision.reason)
-        return http1.Response(403, [("content-type", "text/plain"), ("date", formatdate(usegmt=True))],
-                              rbac.DENIED_BODY.encode()), details
 
     async def _route(self, listener: _Listener, request: http1.Request, path: str, authority: str,
                      headers: http1.Headers, record: AccessRecord) -> tuple[http1.Response, AccessRecord]:
