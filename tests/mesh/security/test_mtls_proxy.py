@@ -4,6 +4,7 @@ certificates from a test CA (the in-memory provider stands where Citadel's clien
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import shutil
 import ssl
@@ -231,5 +232,27 @@ def test_a_new_policy_applies_to_connections_already_open() -> None:
         await asyncio.sleep(0.1)  # the listener reconciliation after the update
         assert await exchange(reader, writer) == 403  # same keep-alive connection
         writer.close()
+
+    run(state(), body)
+
+
+def test_admin_shows_the_certificate_and_the_secrets_without_the_key() -> None:
+    async def body(mesh: Mesh, proxy: RunningProxy, _: StaticProvider) -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{REVIEWS_IP}:15000/certs") as r:
+                certs = (await r.json())["certificates"][0]
+            async with http.get(f"http://{REVIEWS_IP}:15000/config_dump") as r:
+                dump = await r.json()
+        assert certs["spiffe_id"] == spiffe("default", "reviews")
+        assert certs["cert_chain"][0]["subject_alt_names"] == [{"uri": spiffe("default", "reviews")}]
+        not_after = proxy.sidecar.tls.certificate.not_after.replace(microsecond=0)
+        assert certs["cert_chain"][0]["expiration_time"] == not_after.isoformat()
+        assert certs["cert_chain"][0]["days_until_expiration"] == "0"  # 24 h certificates, as Istio's
+        secrets = next(c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump"))
+        by_name = {s["name"]: s["secret"] for s in secrets["dynamicActiveSecrets"]}
+        assert sorted(by_name) == ["ROOTCA", "default"]
+        key = by_name["default"]["tlsCertificate"]["privateKey"]["inlineBytes"]
+        assert base64.b64decode(key) == b"[redacted]"
+        assert base64.b64decode(by_name["ROOTCA"]["validationContext"]["trustedCa"]["inlineBytes"]) == ROOT.pem
 
     run(state(), body)
