@@ -27,12 +27,16 @@ from meshlab.cluster.kubelet.podnet import PodAddresses
 from meshlab.cluster.kubelet.reaping import Guard
 from meshlab.cluster.kubelet.sandbox import NodeContext
 from meshlab.cluster.kubelet.volume_plugins.csi import CsiPlugin
+from meshlab.cluster.kubelet.volume_plugins.flexvolume import FlexVolumePlugin
+from meshlab.cluster.kubelet.volume_plugins.nfs import NfsPlugin
+from meshlab.cluster.kubelet.volume_plugins.pvc import PersistentVolumeClaimPlugin
 from meshlab.cluster.kubelet.worker import PodWorker
 from meshlab.cluster.pki import TokenSigner
 from meshlab.cluster.podio import ExecProcess, LocalProcess, LogOptions
 from meshlab.cluster.rest import RestStorage, WriteOptions
 from meshlab.cluster.store import Watcher
-from meshlab.errors import ApiError, BadRequest
+from meshlab.errors import ApiError, BadRequest, MountError
+from meshlab.mounting.mount import mounts_under, unmount_all
 
 log = logging.getLogger("meshlab.kubelet")
 
@@ -57,6 +61,22 @@ def isolation_report() -> str:
     """One line on how volumes are isolated on this machine (for ``meshlab cluster status``)."""
     mode, text = isolation.detect()
     return f"{mode.name}: {text}"
+
+
+def remove_pod_files(directory: Path) -> bool:
+    """Delete a pod's directory, first unmounting what its volumes left mounted in it (an NFS volume of a pod
+    deleted while the kubelet was down). Never through a mount: ``rmtree`` would delete the files on the NFS
+    server. Returns whether the directory is gone; a mount that will not go keeps it (logged)."""
+    try:
+        unmount_all(directory)
+    except MountError as err:
+        log.error("kubelet: %s is kept: unmounting what is mounted in it failed: %s", directory, err)
+        return False
+    if left := mounts_under(directory):
+        log.error("kubelet: %s is kept: still mounted there: %s", directory, ", ".join(map(str, left)))
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return not directory.exists()
 
 
 class Kubelet:
@@ -85,7 +105,11 @@ class Kubelet:
         # CSI node plugins register through sockets in <root>/plugins_registry (the lab's kubelet root is the
         # lab directory: /var/lib/kubelet/... hostPaths map there).
         self.csi = CsiPlugin(rest, node_name=node_name, root_dir=self.state_dir, opts=opts)
-        volume_manager.register(self.csi)
+        # FlexVolume drivers are found in <root>/volumeplugins/<vendor~driver>/<driver>, as the real kubelet's
+        # --volume-plugin-dir (a DaemonSet's /var/lib/kubelet/volumeplugins hostPath lands there).
+        for plugin in (self.csi, NfsPlugin(), FlexVolumePlugin(self.state_dir / "volumeplugins"),
+                       PersistentVolumeClaimPlugin()):
+            volume_manager.register(plugin)
         self.plugin_watcher = PluginWatcher(self.state_dir / "plugins_registry", {"CSIPlugin": self.csi})
         self.ctx = NodeContext(
             rest=rest, opts=opts, node_name=node_name, state_dir=self.state_dir,
@@ -165,7 +189,7 @@ class Kubelet:
         self.ctx.addresses.retain_only(uids)
         for directory in (self.state_dir / "pods").glob("*"):
             if directory.name not in uids:
-                shutil.rmtree(directory, ignore_errors=True)
+                remove_pod_files(directory)
         for directory in (self.state_dir / "logs" / "pods").glob("*"):
             if directory.name.rsplit("_", 1)[-1] not in uids:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -178,7 +202,7 @@ class Kubelet:
             return
         terminal = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         if deleted:
-            shutil.rmtree(self.ctx.pod_dir(uid), ignore_errors=True)
+            remove_pod_files(self.ctx.pod_dir(uid))
             shutil.rmtree(self.ctx.pod_log_dir(pod), ignore_errors=True)
             self.ctx.addresses.release(uid)
             return
