@@ -441,6 +441,8 @@ class CsiPlugin:
                 why = await asyncio.to_thread(detach, path)
                 if why:
                     log.warning("detaching %s failed: %s", path, why)
+                else:
+                    log.info("detached %s (brought over from a CSI driver)", path)
         self.imported.clear()
         for driver in list(self.drivers.values()):
             with contextlib.suppress(Exception):
