@@ -21,7 +21,9 @@ annotation ``sidecar.istio.io/status``, and skips pods annotated or labelled ``s
 When the mesh has a CA (mesh config ``caAddress``), ``istio-proxy`` also gets istio-agent's identity inputs, as
 Istio's template does: ``CA_ADDR``, ``TRUST_DOMAIN`` and ``SECRET_TTL``, the projected token ``istio-token``
 (audience ``istio-ca``) at ``/var/run/secrets/tokens`` and the trust bundle ConfigMap ``istio-ca-root-cert`` at
-``/var/run/secrets/istio``.
+``/var/run/secrets/istio``; and, as Istio's ``rewriteAppHTTPProbers``, the app's HTTP probes are rewritten to the
+sidecar's status port 15020 (``/app-health/<container>/readyz``), which probes the app directly, so a STRICT
+port does not fail the kubelet's plaintext probes.
 
 The functions are pure: they take plain dicts (what the API returns) and return new ones.
 """
@@ -62,6 +64,10 @@ TOKEN_PATH = f"{TOKEN_DIR}/istio-token"
 ROOTS_DIR = "/var/run/secrets/istio"
 ROOTS_CONFIGMAP = "istio-ca-root-cert"
 TOKEN_AUDIENCE = "istio-ca"
+#: istio-agent's status port: rewritten HTTP probes reach the app through it (never through the mTLS inbound).
+STATUS_PORT = 15020
+REWRITE_PROBES = "sidecar.istio.io/rewriteAppHTTPProbers"
+_PROBE_KINDS = {"readinessProbe": "readyz", "livenessProbe": "livez", "startupProbe": "startupz"}
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,31 @@ def identity_volumes() -> list[Obj]:
             {"name": "istiod-ca-cert", "configMap": {"name": ROOTS_CONFIGMAP, "optional": True}}]
 
 
+def rewrite_probes(container: Mapping[str, Any]) -> tuple[Obj, dict[str, Obj]]:
+    """Istio's ``rewriteAppHTTPProbers``: each ``httpGet`` probe of an app container now asks the sidecar's
+    status port (``/app-health/<container>/readyz``...), which probes the app directly — so a STRICT mTLS
+    port does not fail the kubelet's plaintext probes. Returns the container and the original probes, by
+    path (the sidecar's ``ISTIO_KUBE_APP_PROBERS``); named ports are resolved to numbers."""
+    out = copy.deepcopy(dict(container))
+    named = {p.get("name"): p.get("containerPort") for p in out.get("ports") or () if p.get("name")}
+    probers: dict[str, Obj] = {}
+    for kind, suffix in _PROBE_KINDS.items():
+        probe = out.get(kind)
+        if not probe or not probe.get("httpGet"):
+            continue
+        original = dict(probe["httpGet"])
+        port = original.get("port")
+        if isinstance(port, str) and not port.isdigit():
+            port = named.get(port)
+        if port is None:
+            continue  # a named port the container does not declare: leave the probe as the kubelet will judge it
+        original["port"] = int(port)
+        path = f"/app-health/{out.get('name')}/{suffix}"
+        probers[path] = {"httpGet": original, "timeoutSeconds": int(probe.get("timeoutSeconds") or 1)}
+        probe["httpGet"] = {"path": path, "port": STATUS_PORT}
+    return out, probers
+
+
 def status_annotation(*, init_containers: list[str], containers: list[str], volumes: list[str] | None = None) -> str:
     """What Istio records in ``sidecar.istio.io/status`` (Go's JSON: an empty list is ``null``)."""
     return json.dumps({"initContainers": init_containers or None, "containers": containers or None,
@@ -269,7 +300,17 @@ def _inject(pod_spec: Mapping[str, Any], metadata: Mapping[str, Any], *, config:
     else:
         spec["initContainers"] = [init_container(config=config), *(spec.get("initContainers") or ())]
         inits = [INIT]
-    spec["containers"] = [*(spec.get("containers") or ()), sidecar_container(meta, config=config, workload=workload)]
+    probers: dict[str, Obj] = {}
+    rewrite = str((meta.get("annotations") or {}).get(REWRITE_PROBES, "true")).lower() != "false"
+    if config.ca_address and rewrite:  # only a mesh with a CA can make a port STRICT
+        rewritten = [rewrite_probes(c) for c in spec.get("containers") or ()]
+        spec["containers"] = [c for c, _ in rewritten]
+        probers = {path: probe for _, found in rewritten for path, probe in found.items()}
+    sidecar = sidecar_container(meta, config=config, workload=workload)
+    if probers:
+        sidecar["env"].append({"name": "ISTIO_KUBE_APP_PROBERS",
+                               "value": json.dumps(probers, sort_keys=True, separators=(",", ":"))})
+    spec["containers"] = [*(spec.get("containers") or ()), sidecar]
     volumes: list[str] = []
     if config.ca_address:
         added = [v for v in identity_volumes() if v["name"] not in {w.get("name") for w in spec.get("volumes") or ()}]

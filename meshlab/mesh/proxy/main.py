@@ -265,7 +265,11 @@ def run(args: argparse.Namespace) -> int:
     # The sidecar is the pod's HTTP proxy: its own connections (to Pilot) go direct, never through HTTP_PROXY.
     for name in ("grpc_proxy", "https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
         os.environ.pop(name, None)
+    from meshlab.mesh.proxy.probes import parse_probers
+
     settings = Settings(pod_ip=identity.ip, admin_address=args.admin_address, admin_port=args.admin_port,
-                        header_timeout=args.header_timeout)
+                        header_timeout=args.header_timeout,
+                        app_probers=parse_probers(os.environ.get("ISTIO_KUBE_APP_PROBERS", "")),
+                        app_host=identity.app_address.partition(":")[0])
     asyncio.run(run_sidecar(identity, settings, args.xds_address))
     return 0

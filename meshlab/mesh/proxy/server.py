@@ -36,7 +36,7 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from meshlab.mesh.proxy import admin, http1, inbound
+from meshlab.mesh.proxy import admin, http1, inbound, probes
 from meshlab.mesh.proxy.accesslog import AccessRecord, ensure_request_id, format_line
 from meshlab.mesh.proxy.config import ProxyConfig, Route
 from meshlab.mesh.proxy.inbound_security import InboundSecurity, _Downstream, _Listener
@@ -88,6 +88,9 @@ class Settings:
     idle_timeout: float = 300.0  # a keep-alive connection without a request for this long is closed
     drain_time: float = 5.0  # how long /quitquitquit and stop() wait for requests in flight
     require_certificate: bool = False  # the mesh has a CA: not ready before the first workload certificate
+    #: Rewritten kubelet probes (ISTIO_KUBE_APP_PROBERS) served on the status port 15020, and the app's host.
+    app_probers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    app_host: str = ""
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Sidecar(InboundSecurity):
     stopped: asyncio.Event = field(default_factory=asyncio.Event)  # drained and closed
     _listeners: dict[int, _Listener] = field(default_factory=dict)
     _admin: asyncio.Server | None = None
+    _status: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _in_flight: int = 0
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -196,6 +200,10 @@ class Sidecar(InboundSecurity):
 
         self._admin = await asyncio.start_server(admin_connection, self.settings.admin_address,
                                                  self.settings.admin_port, limit=http1.MAX_HEAD + 1024)
+        if self.settings.app_probers:
+            self._status = await probes.serve_status(self.settings.pod_ip, self.settings.app_probers,
+                                                     self.settings.app_host or self.settings.pod_ip,
+                                                     lambda: self.ready)
         self._spawn(self._sweep_outliers())
 
     async def stop(self) -> None:
@@ -207,6 +215,8 @@ class Sidecar(InboundSecurity):
         servers = [lst.server for lst in self._listeners.values() if lst.server is not None]
         if self._admin is not None:
             servers.append(self._admin)
+        if self._status is not None:
+            servers.append(self._status)
         for server in servers:
             server.close()
         deadline = time.monotonic() + self.settings.drain_time
