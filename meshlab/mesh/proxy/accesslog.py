@@ -57,6 +57,7 @@ class AccessRecord:
     route_name: str | None = None
     mtls: bool = False  # the downstream connection was mutual TLS
     peer_principal: str | None = None  # the downstream peer's SPIFFE ID (its certificate's URI SAN)
+    upstream_mtls: bool = False  # the (last) upstream connection was mutual TLS: the client side's view
 
 
 def _dash(value: object) -> str:

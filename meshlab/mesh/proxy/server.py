@@ -399,7 +399,8 @@ class Sidecar(InboundSecurity):
                 cluster.breaker.release_retry()
         service_time = time.monotonic() - router_start
         if result is not None:
-            record = replace(record, upstream_host=result.host, upstream_local_address=result.local_address)
+            record = replace(record, upstream_host=result.host, upstream_local_address=result.local_address,
+                             upstream_mtls=result.mtls)
         if reply is None and result is not None and result.response is None:
             outcome = result.attempt.outcome
             reply = {Outcome.CONNECT_FAILURE: connect_failure_reply, Outcome.PER_TRY_TIMEOUT: timeout_reply}.get(

@@ -57,6 +57,7 @@ class AttemptResult:
     host: str | None = None
     response: http1.Response | None = None
     local_address: str | None = None
+    mtls: bool = False  # the upstream connection was mutual TLS (auto mTLS to a sidecar)
 
 
 class ClusterState:
@@ -263,4 +264,4 @@ class ClusterState:
         grpc_status = response.header("grpc-status")
         attempt = Attempt.response(response.status,
                                    grpc_status=int(grpc_status) if grpc_status and grpc_status.isdigit() else None)
-        return AttemptResult(attempt, host, response, conn.local_address)
+        return AttemptResult(attempt, host, response, conn.local_address, conn.mtls)

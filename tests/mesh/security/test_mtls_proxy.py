@@ -187,12 +187,13 @@ def test_rotation_keeps_in_flight_requests_and_new_connections_get_the_new_certi
 ])
 def test_auto_mtls_between_sidecars_verifies_the_server(server_identity: str, status: int) -> None:
     async def body(mesh: Mesh, proxy: RunningProxy, _: StaticProvider) -> None:
-        await start(mesh, CLIENT_ID, SLEEP_CERT, (15001,))
+        client, _ = await start(mesh, CLIENT_ID, SLEEP_CERT, (15001,))
         async with aiohttp.ClientSession() as http:
             got, _headers, text = await send(http, "http://reviews:9080/")
         assert got == status, text
         if status == 200:
             assert proxy.lines[-1].endswith(f'"{spiffe("default", "sleep")}" mtls=true')
+            assert client.sidecar.records[-1].upstream_mtls  # the client side's record, for telemetry
 
     run(state(namespace_mode("STRICT")), body, reviews_cert=ROOT.issue(server_identity))
 

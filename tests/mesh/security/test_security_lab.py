@@ -152,6 +152,11 @@ def test_strict_refuses_plaintext_where_permissive_answered(mesh: tuple[meshlab.
                                                                   "mtls": {"mode": "STRICT"}}), namespace=namespace)
     try:
         eventually(lambda: status_of(url) == 0, "STRICT refuses plaintext")
+        # The kubelet's plaintext readiness probes were rewritten to the sidecar's status port: details stays
+        # Ready well past its probes' failure threshold (3 x 2 s).
+        time.sleep(8)
+        [pod] = pods(handle, namespace, "app=details")
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["status"]
         # The page still gets its details: productpage's sidecar speaks mTLS to details.
         eventually(lambda: "Book Details" in handle.get("productpage", 9080, "/productpage", namespace=namespace)
                    and "unavailable" not in handle.get("productpage", 9080, "/api/v1/products/0",
