@@ -9,9 +9,6 @@ from pathlib import Path
 
 from meshlab.cluster.labdir import LabDir
 from meshlab.errors import MeshlabError
-from meshlab.mesh import load
-from meshlab.mesh.apps import echo, httpbin
-from meshlab.mesh.apps.bookstore import details, productpage, ratings, reviews
 
 # The lab's machinery (supervisor, jupyter) is imported only by the commands that need it: `meshlab app ...`
 # is what every meshlab container runs, and must start fast and small.
@@ -57,7 +54,6 @@ def _pilot(args: argparse.Namespace) -> int:
 def _mesh(args: argparse.Namespace) -> int:
     import meshlab.lab
     from meshlab.mesh import installing
-
     from meshlab.mesh.citadel.settings import TRUST_DOMAIN, WORKLOAD_CERT_TTL, settings_from_mesh
 
     # Checked before the cluster is touched: a bad flag changes nothing.
@@ -122,7 +118,24 @@ def _lab(args: argparse.Namespace) -> int:
     return jupyter.run(kubeconfig=args.kubeconfig, port=args.port, open_browser=not args.no_browser)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The sample apps: `meshlab app NAME` (what a meshlab/NAME image runs).
+APPS = (
+    ("echo", "meshlab.mesh.apps.echo", "answer every HTTP request with JSON about the request and the pod"),
+    ("productpage", "meshlab.mesh.apps.bookstore.productpage",
+     "the bookstore's front end: an HTML page and a JSON API (port 9080)"),
+    ("details", "meshlab.mesh.apps.bookstore.details", "the bookstore's book details (port 9080)"),
+    ("reviews", "meshlab.mesh.apps.bookstore.reviews", "the bookstore's reviews, v1/v2/v3 (port 9080)"),
+    ("ratings", "meshlab.mesh.apps.bookstore.ratings", "the bookstore's star ratings (port 9080)"),
+    ("httpbin", "meshlab.mesh.apps.httpbin",
+     "an httpbin-like test backend: /status/CODE, /delay/S, /headers (port 8000)"),
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; ``command`` names the subcommand about to run. The sample apps and the load generator
+    (aiohttp, ~0.3 s to import) are loaded only for ``app`` and ``load``, or for help (``None``), so a FlexVolume
+    driver call or a FUSE daemon that a pod waits for starts fast."""
+    full = command in (None, "app", "load")
     parser = argparse.ArgumentParser(prog="meshlab", description="Learn service meshes and Kubernetes storage.")
     sub = parser.add_subparsers(dest="command", required=True)
     cluster = sub.add_parser("cluster", help="manage the embedded lab cluster")
@@ -131,23 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--port", type=int, default=None, help="apiserver port (default: 6443 or a free one)")
     cluster.set_defaults(func=_cluster)
     app = sub.add_parser("app", help="run a sample app in the foreground (what a meshlab/<app> image runs)")
-    apps = app.add_subparsers(dest="app", required=True)
-    echo_p = apps.add_parser("echo", help="answer every HTTP request with JSON about the request and the pod")
-    echo.add_arguments(echo_p)
-    echo_p.set_defaults(func=echo.run)
-    for name, module, about in [
-        ("productpage", productpage, "the bookstore's front end: an HTML page and a JSON API (port 9080)"),
-        ("details", details, "the bookstore's book details (port 9080)"),
-        ("reviews", reviews, "the bookstore's reviews, v1/v2/v3 (port 9080)"),
-        ("ratings", ratings, "the bookstore's star ratings (port 9080)"),
-        ("httpbin", httpbin, "an httpbin-like test backend: /status/CODE, /delay/S, /headers (port 8000)"),
-    ]:
-        app_p = apps.add_parser(name, help=about)
-        module.add_arguments(app_p)
-        app_p.set_defaults(func=module.run)
     load_p = sub.add_parser("load", help="send HTTP load at a fixed rate or concurrency and report latencies")
-    load.add_arguments(load_p)
-    load_p.set_defaults(func=load.run)
+    if full:
+        apps = app.add_subparsers(dest="app", required=True)
+        for name, module_name, about in APPS:
+            module = importlib.import_module(module_name)
+            app_p = apps.add_parser(name, help=about)
+            module.add_arguments(app_p)
+            app_p.set_defaults(func=module.run)
+        from meshlab.mesh import load
+
+        load.add_arguments(load_p)
+        load_p.set_defaults(func=load.run)
     pilot_p = sub.add_parser("pilot", help="run the mesh control plane (what the istiod Deployment runs)")
     # Arguments written here, not by the pilot module: importing it (gRPC, protobufs) would slow every app.
     pilot_p.add_argument("--xds-port", type=int, default=15010, help="ADS gRPC port (default 15010, as istiod)")
@@ -200,7 +208,8 @@ _EXTENSIONS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     try:
         return int(args.func(args))
     except MeshlabError as err:
