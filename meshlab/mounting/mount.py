@@ -339,6 +339,7 @@ def unmount(target: Path) -> None:
 def _stop(pid: int, timeout: float = 5.0) -> None:
     """End the daemon ``pid`` if it still runs (it normally exits by itself once unmounted)."""
     if not _is_mount_daemon(pid):
+        _reap(pid)  # already exited: collect it if it is our child, so no zombie stays behind
         return  # gone, or the pid was reused by someone else: leave it alone
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
