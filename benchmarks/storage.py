@@ -54,6 +54,10 @@ def _running(core: Any, namespace: str, name: str) -> Callable[[], bool]:
     return lambda: bool(core.read_namespaced_pod(name, namespace).status.phase == "Running")
 
 
+def _gone(core: Any, namespace: str, name: str) -> Callable[[], bool]:
+    return lambda: not any(p.metadata.name == name for p in core.list_namespaced_pod(namespace).items)
+
+
 def bench_bind(core: Any, namespace: str, count: int) -> list[float]:
     """Seconds from PVC create to Bound, per claim."""
     times = []
@@ -78,6 +82,8 @@ def bench_pods(core: Any, namespace: str, count: int) -> list[float]:
         _until(_running(core, namespace, name), timeout=60)
         times.append(time.perf_counter() - t0)
         core.delete_namespaced_pod(name, namespace)
+        # Wait for the teardown (NodeUnpublishVolume) so that stopping the lab leaves no mount behind.
+        _until(_gone(core, namespace, name), timeout=60)
     return times
 
 
