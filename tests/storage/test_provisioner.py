@@ -150,3 +150,23 @@ def test_deleting_the_claim_follows_on_delete(provisioner: Provisioner, api: kub
     if left is not None:
         kept: Path = nfs_server.export_dir / left.format(pv_name) / "kept.txt"
         assert kept.read_text() == "bytes"
+
+
+def test_a_claim_with_a_claim_as_data_source_is_a_clone(provisioner: Provisioner, api: kube.Clients, namespace: str,
+                                                          nfs_server: RunningNfsServer) -> None:
+    storage_class = make_class(api, nfs_server)
+    make_claim(api, namespace, storage_class)
+    origin = bound(api, namespace)["spec"]["volumeName"]
+    (nfs_server.export_dir / origin / "seed.txt").write_text("cloned bytes")
+    body: Any = {"metadata": {"name": "copy"}, "spec": {
+        "storageClassName": storage_class, "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "1Gi"}}, "dataSource": {"kind": "PersistentVolumeClaim", "name": "data"}}}
+    api.core.create_namespaced_persistent_volume_claim(namespace, body)
+
+    def copied() -> str | None:
+        c = claim(api, namespace, "copy")
+        return c["spec"].get("volumeName") if (c.get("status") or {}).get("phase") == "Bound" else None
+
+    clone = wait_for("the clone to be Bound", copied)
+    assert clone != origin
+    assert (nfs_server.export_dir / clone / "seed.txt").read_text() == "cloned bytes"
