@@ -8,14 +8,19 @@ FlexVolume driver ``meshlab~nfs/nfs`` into the kubelet's plugin directory), and 
 lists the driver
 (the kubelet registered it through the registrar's socket) — the same steps a ``kubectl apply`` on a real
 cluster takes. Two things differ in the embedded lab, and only in the objects, not in the files: its Services
-carry no NFS traffic (the lab's kube-proxy forwards HTTP), so the StorageClass names the NFS server pod's
-address; and the export lives in ``<lab>/storage/nfs-data`` rather than an emptyDir, so a restarted server
-pod keeps its files. The functions take a :class:`meshlab.lab.Lab` handle; building the objects is pure.
+carry no NFS traffic (the lab's kube-proxy forwards HTTP) and a replaced pod gets a new address — while every
+PV's volume id records the server it was made on — so the NFS server runs on the node's network
+(``hostNetwork``) at a port of its own (chosen once per lab, kept on re-install) and the StorageClass names
+``127.0.0.1`` and that port; and the export lives in ``<lab>/storage/nfs-data`` rather than an emptyDir, so a
+replaced server pod keeps its files. The functions take a :class:`meshlab.lab.Lab` handle; building the objects is pure.
 """
 
 from __future__ import annotations
 
+import socket
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,24 +50,35 @@ SERVER_DEPLOYMENT = "nfs-server"
 CONTROLLER = "csi-nfs-controller"
 NODE_DAEMONSET = "csi-nfs-node"
 NFS_VERSIONS = {"python": "3", "ganesha": "4"}
+LAB_NODE_ADDRESS = "127.0.0.1"   # the embedded lab node's address (a hostNetwork pod's)
+LAB_PORTS = (20490, 29490)       # where a lab's NFS server port is chosen
 
 
 def documents(path: Path) -> list[Obj]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def nfs_server_objects(*, data_dir: Path | None = None, backend: str = "python") -> list[Obj]:
-    """``nfs-server.yaml``'s objects; ``data_dir`` puts the export on that host directory (the lab's)."""
+def nfs_server_objects(*, data_dir: Path | None = None, backend: str = "python",
+                       node_port: int | None = None) -> list[Obj]:
+    """``nfs-server.yaml``'s objects; ``data_dir`` puts the export on that host directory and ``node_port``
+    serves it on the node's own address at that port (the lab's stable address, see :func:`install`)."""
     if backend not in NFS_VERSIONS:
         raise LabError(f"unknown NFS server backend {backend!r} (python or ganesha)")
     docs = documents(NFS_SERVER)
     for doc in docs:
+        if doc["kind"] == "Service" and node_port is not None:
+            doc["spec"]["ports"][0]["targetPort"] = node_port
         if doc["kind"] != "Deployment":
             continue
         pod = doc["spec"]["template"]["spec"]
         container = pod["containers"][0]
         args = list(container["args"])
         args[args.index("--backend") + 1] = backend
+        if node_port is not None:
+            args[args.index("--port") + 1] = str(node_port)
+            pod["hostNetwork"] = True
+            container["ports"] = [{"name": "nfs", "containerPort": node_port, "protocol": "TCP"}]
+            container["readinessProbe"]["tcpSocket"]["port"] = node_port
         container["args"] = args
         if data_dir is not None:
             pod["volumes"] = [{"name": "data", "hostPath": {"path": str(data_dir), "type": "DirectoryOrCreate"}}
@@ -70,15 +86,52 @@ def nfs_server_objects(*, data_dir: Path | None = None, backend: str = "python")
     return docs
 
 
-def csi_objects(*, server: str | None = None, backend: str = "python") -> list[Obj]:
-    """``csi-nfs.yaml``'s objects; ``server`` replaces the StorageClass's NFS server (the lab's pod address)."""
+def csi_objects(*, server: str | None = None, port: int | None = None, backend: str = "python") -> list[Obj]:
+    """``csi-nfs.yaml``'s objects; ``server``/``port`` replace the StorageClass's NFS server (the lab's)."""
     docs = documents(CSI_NFS)
     for doc in docs:
         if doc["kind"] == "StorageClass":
             if server:
                 doc["parameters"]["server"] = server
+            if port is not None:
+                doc["parameters"]["port"] = str(port)
             doc["parameters"]["version"] = NFS_VERSIONS[backend]
     return docs
+
+
+def lab_port(lab_path: Path, current: int | None, *, is_free: Callable[[int], bool]) -> int:
+    """The NFS port of a lab's server: the one it has (stable across re-installs), else the first free one
+    from a base derived from the lab's directory (so two labs on one machine rarely collide)."""
+    if current:
+        return current
+    base = LAB_PORTS[0] + zlib.crc32(str(lab_path).encode()) % (LAB_PORTS[1] - LAB_PORTS[0])
+    for offset in range(LAB_PORTS[1] - LAB_PORTS[0]):
+        port = LAB_PORTS[0] + (base - LAB_PORTS[0] + offset) % (LAB_PORTS[1] - LAB_PORTS[0])
+        if is_free(port):
+            return port
+    raise LabError(f"no free TCP port in {LAB_PORTS[0]}-{LAB_PORTS[1]} on 127.0.0.1 for the NFS server")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _current_port(lab: Lab) -> int | None:
+    """The NFS port of the installed lab server (its Deployment's ``--port``), if it runs on the node."""
+    try:
+        dep = _plain(lab, lab.clients.apps.read_namespaced_deployment(SERVER_DEPLOYMENT, NAMESPACE))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise LabError(f"reading deployment {SERVER_DEPLOYMENT} failed: {err.status} {err.reason}") from err
+    pod = dep["spec"]["template"]["spec"]
+    args = list(pod["containers"][0].get("args") or [])
+    return int(args[args.index("--port") + 1]) if pod.get("hostNetwork") and "--port" in args else None
 
 
 def storage_class(docs: list[Obj]) -> Obj:
@@ -92,17 +145,6 @@ def serves_rbac(lab: Lab) -> bool:
 
 def _plain(lab: Lab, obj: Any) -> Any:
     return lab.clients.api_client.sanitize_for_serialization(obj)
-
-
-def server_pod_address(lab: Lab) -> str:
-    """The ready NFS server pod's IP."""
-    pods = _plain(lab, lab.clients.core.list_namespaced_pod(NAMESPACE, label_selector="app=nfs-server"))
-    for pod in pods.get("items") or []:
-        status = pod.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        if ready and status.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
-            return str(status["podIP"])
-    raise LabError(f"no ready NFS server pod in {NAMESPACE}")
 
 
 def _replace_changed_class(lab: Lab, wanted: Obj) -> None:
@@ -122,11 +164,17 @@ def _replace_changed_class(lab: Lab, wanted: Obj) -> None:
 def install(lab: Lab, *, timeout: float = 120, backend: str = "python") -> list[str]:
     """Deploy the NFS server and the CSI driver, wait until the driver is registered on every node; returns
     ``kind/name`` of what was applied."""
-    embedded = lab.embedded is not None
-    data_dir = lab.embedded.path / "storage" / "nfs-data" if lab.embedded is not None else None
-    applied = lab.apply(nfs_server_objects(data_dir=data_dir, backend=backend))
+    if lab.embedded is not None:
+        # The lab's Services carry no NFS traffic and a replaced pod gets a new address, while every PV's volume
+        # id keeps the server it was made on: the server listens on the node's address at a port of its own.
+        port = lab_port(lab.embedded.path, _current_port(lab), is_free=_port_free)
+        server_docs = nfs_server_objects(data_dir=lab.embedded.path / "storage" / "nfs-data", backend=backend,
+                                         node_port=port)
+        docs = csi_objects(server=LAB_NODE_ADDRESS, port=port, backend=backend)
+    else:
+        server_docs, docs = nfs_server_objects(backend=backend), csi_objects(backend=backend)
+    applied = lab.apply(server_docs)
     lab.wait_ready("deployment", SERVER_DEPLOYMENT, namespace=NAMESPACE, timeout=timeout)
-    docs = csi_objects(server=server_pod_address(lab) if embedded else None, backend=backend)
     _replace_changed_class(lab, storage_class(docs))
     applied += lab.apply(docs)
     if serves_rbac(lab):

@@ -51,25 +51,43 @@ def test_manifests_are_valid_kubernetes_objects_for_a_real_cluster(path: Path) -
         assert doc["metadata"].get("namespace", installing.NAMESPACE) == installing.NAMESPACE
 
 
-def test_install_puts_the_lab_export_on_disk_and_picks_the_backend() -> None:
-    [deployment] = [d for d in installing.nfs_server_objects(data_dir=Path("/lab/storage/nfs-data"),
-                                                             backend="ganesha") if d["kind"] == "Deployment"]
+def test_install_serves_the_lab_export_from_disk_on_the_node_address() -> None:
+    docs = installing.nfs_server_objects(data_dir=Path("/lab/storage/nfs-data"), backend="ganesha", node_port=24321)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["volumes"] == [{"name": "data", "hostPath": {"path": "/lab/storage/nfs-data",
                                                             "type": "DirectoryOrCreate"}}]
-    assert pod["containers"][0]["args"][-2:] == ["--backend", "ganesha"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == "ganesha" and args[args.index("--port") + 1] == "24321"
+    assert pod["hostNetwork"] and pod["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == 24321
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert service["spec"]["ports"][0]["targetPort"] == 24321
     [plain] = [d for d in installing.nfs_server_objects() if d["kind"] == "Deployment"]
     assert plain["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert "hostNetwork" not in plain["spec"]["template"]["spec"]
 
 
-@pytest.mark.parametrize(("server", "backend", "expected"), [
-    (None, "python", {"server": "nfs-server.meshlab-storage.svc.cluster.local", "version": "3"}),
-    ("127.10.0.4", "ganesha", {"server": "127.10.0.4", "version": "4"}),
-], ids=["real cluster: the Service's name", "lab: the server pod's address"])
-def test_storage_class_names_the_server(server: str | None, backend: str, expected: dict[str, str]) -> None:
-    params = installing.storage_class(installing.csi_objects(server=server, backend=backend))["parameters"]
+@pytest.mark.parametrize(("server", "port", "backend", "expected"), [
+    (None, None, "python", {"server": "nfs-server.meshlab-storage.svc.cluster.local", "port": "2049",
+                            "version": "3"}),
+    ("127.0.0.1", 24321, "ganesha", {"server": "127.0.0.1", "port": "24321", "version": "4"}),
+], ids=["real cluster: the Service's name", "lab: the node's address and the lab's port"])
+def test_storage_class_names_the_server(server: str | None, port: int | None, backend: str,
+                                        expected: dict[str, str]) -> None:
+    params = installing.storage_class(installing.csi_objects(server=server, port=port, backend=backend))["parameters"]
     assert {k: params[k] for k in expected} == expected
     assert params["onDelete"] == "delete" and params["share"] == "/export"
+
+
+@pytest.mark.parametrize(("current", "busy", "expected_same"), [
+    (24000, set(), True), (None, set(), True), (None, "first", False)],
+    ids=["kept on re-install", "derived from the lab's directory", "next free one when taken"])
+def test_lab_port(current: int | None, busy: Any, expected_same: bool) -> None:
+    first = installing.lab_port(Path("/home/x/.meshlab/labs/default"), None, is_free=lambda _: True)
+    assert installing.LAB_PORTS[0] <= first < installing.LAB_PORTS[1]
+    taken = {first} if busy == "first" else set()
+    port = installing.lab_port(Path("/home/x/.meshlab/labs/default"), current, is_free=lambda p: p not in taken)
+    assert port == (current or first) if expected_same else port not in taken
 
 
 def test_status_table() -> None:
