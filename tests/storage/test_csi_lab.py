@@ -191,6 +191,26 @@ def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab
 
 
 @pytest.mark.slow
+def test_a_volume_outlives_its_nfs_server_pod(storage: meshlab.lab.Lab, namespace: str, export_dir: Path) -> None:
+    handle = storage
+    claim(handle, namespace)
+    pv = bound_volume(handle, namespace)
+    (export_dir / pv / "before.txt").write_text("kept")
+    old = handle.core.list_namespaced_pod(installing.NAMESPACE, label_selector="app=nfs-server").items[0]
+    handle.core.delete_namespaced_pod(old.metadata.name, installing.NAMESPACE)
+    wait_for("a new NFS server pod", lambda: [p for p in handle.core.list_namespaced_pod(
+        installing.NAMESPACE, label_selector="app=nfs-server").items if p.metadata.uid != old.metadata.uid])
+    handle.wait_ready("deployment", installing.SERVER_DEPLOYMENT, namespace=installing.NAMESPACE, timeout=60)
+    handle.apply(deployment("after", "cat /data/before.txt > /data/after.txt && exec sleep 3600"),
+                 namespace=namespace)
+    handle.wait_ready("deployment", "after", namespace=namespace, timeout=60)
+    wait_for("the pod to copy the file", lambda: (export_dir / pv / "after.txt").exists())
+    assert (export_dir / pv / "after.txt").read_text() == "kept"
+    handle.delete(deployment("after", ""), namespace=namespace)
+    wait_for("the pods to be gone", lambda: pods_gone(handle, namespace))
+
+
+@pytest.mark.slow
 def test_inline_ephemeral_csi_volume(storage: meshlab.lab.Lab, namespace: str, export_dir: Path) -> None:
     handle = storage
     params = plain(handle, handle.clients.storage.read_storage_class("meshlab-nfs"))["parameters"]
