@@ -208,3 +208,44 @@ def test_authorization_tasks(mesh: tuple[meshlab.lab.Lab, str], policies: list[d
     finally:
         handle.delete(specs, namespace=namespace)
         eventually(lambda: status_of(api) == 200, "reviews reachable again")
+
+
+def certificate_serial(ip: str) -> str:
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://{ip}:15000/certs",
+                                                                          timeout=5) as r:
+        return str(json.load(r)["certificates"][0]["cert_chain"][0]["serial_number"])
+
+
+def test_short_lived_certificates_rotate_while_traffic_flows(mesh: tuple[meshlab.lab.Lab, str]) -> None:
+    """The lesson's setting (mesh config workloadCertTTL lowered): a new ratings pod asks for 8 s certificates,
+    its sidecar renews at half-life, and requests through productpage to it (mTLS) keep succeeding."""
+    handle, namespace = mesh
+    core = handle.clients.core
+    old = (core.read_namespaced_config_map("meshlab-mesh", "istio-system").data or {}).get("workloadCertTTL")
+    core.patch_namespaced_config_map("meshlab-mesh", "istio-system", {"data": {"workloadCertTTL": "8s"}})
+    try:
+        def injected_with_short_ttl() -> dict[str, Any] | None:
+            for pod in pods(handle, namespace, "app=ratings"):
+                proxy = next(c for c in pod["spec"]["containers"] if c["name"] == "istio-proxy")
+                ttl = {e["name"]: e.get("value") for e in proxy["env"]}.get("SECRET_TTL")
+                statuses = pod["status"].get("containerStatuses") or []
+                if ttl == "8s" and statuses and all(s["ready"] for s in statuses):
+                    return pod
+                if ttl != "8s" and not pod["metadata"].get("deletionTimestamp"):
+                    handle.delete("pod", pod["metadata"]["name"], namespace=namespace)  # the next one gets 8 s
+            return None
+
+        pod = eventually(injected_with_short_ttl, "a ratings pod with 8 s certificates", timeout=60)
+        ip = pod["status"]["podIP"]
+        api = handle.url("productpage", 9080, namespace=namespace, path="/api/v1/products/0/ratings")
+        eventually(lambda: status_of(api) == 200, "ratings reachable through productpage")
+        serials, statuses = set(), []
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            statuses.append(status_of(api))
+            serials.add(certificate_serial(ip))
+            time.sleep(0.2)
+        assert len(serials) >= 3, serials  # renewed about every 4 s
+        assert set(statuses) == {200}, statuses
+    finally:
+        core.patch_namespaced_config_map("meshlab-mesh", "istio-system", {"data": {"workloadCertTTL": old or "24h"}})
