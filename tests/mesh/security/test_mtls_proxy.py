@@ -257,3 +257,24 @@ def test_admin_shows_the_certificate_and_the_secrets_without_the_key() -> None:
         assert base64.b64decode(by_name["ROOTCA"]["validationContext"]["trustedCa"]["inlineBytes"]) == ROOT.pem
 
     run(state(), body)
+
+
+NEW_ROOT = Authority("meshlab test root 2")
+
+
+@pytest.mark.parametrize(("server_roots", "client_cert", "client_roots", "status"), [
+    pytest.param(ROOT.pem + NEW_ROOT.pem, SLEEP_CERT, ROOT.pem + NEW_ROOT.pem, 200,
+                 id="overlap-accepts-an-old-root-client"),
+    pytest.param(ROOT.pem + NEW_ROOT.pem, NEW_ROOT.issue(spiffe("default", "sleep")), ROOT.pem + NEW_ROOT.pem, 200,
+                 id="overlap-accepts-a-new-root-client"),
+    pytest.param(NEW_ROOT.pem, SLEEP_CERT, ROOT.pem + NEW_ROOT.pem, 0, id="after-overlap-old-root-refused"),
+])
+def test_root_rotation_with_overlap(server_roots: bytes, client_cert: WorkloadCertificate, client_roots: bytes,
+                                    status: int) -> None:
+    """Citadel's root rotation as the proxy sees it: a certificate from the new root with both roots as the
+    bundle during the overlap, then the new root alone."""
+    async def body(mesh: Mesh, proxy: RunningProxy, provider: StaticProvider) -> None:
+        provider.rotate(NEW_ROOT.issue(spiffe("default", "reviews"), roots_pem=server_roots))
+        assert (await get(client_context(client_cert, client_roots)))[0] == status
+
+    run(state(namespace_mode("STRICT")), body)
