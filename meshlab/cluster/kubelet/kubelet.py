@@ -229,12 +229,14 @@ class Kubelet:
             if watcher is not None:
                 self.rest.store.unwatch(watcher)
         await self.plugin_watcher.stop()
+        # First, while there is time: mounts brought over from CSI drivers would outlive the drivers as dead
+        # mount points on the host (running containers keep their own bind of the volume).
+        await self.csi.close()
         workers = list(self.workers.values())
         await asyncio.gather(*(w.shutdown(self.stop_grace) for w in workers), return_exceptions=True)
         self.workers.clear()
         with contextlib.suppress(ApiError, Exception):
             await self.node.post_status(ready=False)
-        await self.csi.close()
         self.ctx.guard.close()
         self.ctx.addresses.release_network()
 
