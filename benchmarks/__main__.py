@@ -33,7 +33,7 @@ Row = tuple[str, str, str, str]
 # Later areas: each module's ``run()`` returns its rows.
 AREAS = {
     "security": ("benchmarks.citadel",),
-    "storage": ("benchmarks.nfs", "benchmarks.csi"),
+    "storage": ("benchmarks.nfs", "benchmarks.csi", "benchmarks.storage"),
 }
 
 
