@@ -112,3 +112,19 @@ def test_a_denial_names_the_policy_that_matched() -> None:
     head = RequestHead("GET", "/admin", "reviews:9080")
     decision = rbac.evaluate(filters_for(DENY_ADMIN_PATHS), rbac.Request(head, 9080, PRODUCTPAGE))
     assert decision.reason == "denied by ns[default]-policy[deny-admin]-rule[0]"
+
+
+def test_a_policy_pilot_cannot_translate_denies_everything_and_says_why() -> None:
+    # The CRD refuses this key; a policy that got past it anyway must not open the workload (fail closed).
+    odd = policy("odd", {"action": "DENY", "rules": [{"when": [{"key": "request.auth.claims[iss]",
+                                                                 "values": ["x"]}]}]})
+    state = MeshState((Service("reviews", "default", "10.96.0.30", (ServicePort("http", 9080),)),),
+                      {("default", "reviews"): (Endpoint("127.0.0.30", {"http": 9080}, dict(REVIEWS.labels), True,
+                                                         "reviews-v1", "default", "bookinfo-reviews", True),)},
+                      authorization_policies=(odd,))
+    snapshot = translate(state, REVIEWS)
+    assert any("request.auth.claims[iss]" in str(p) and "denied" in str(p) for p in snapshot.problems)
+    config = ProxyConfig()
+    for type_url in ORDER:
+        config = apply_resources(config, type_url, list(snapshot.resources.get(type_url, ())), version="1").config
+    assert not ask(config.listeners[INBOUND_LISTENER].chains_for(9080)[0].rbac)

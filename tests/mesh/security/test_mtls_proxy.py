@@ -181,11 +181,18 @@ def test_rotation_keeps_in_flight_requests_and_new_connections_get_the_new_certi
     run(state(namespace_mode("STRICT")), body, delay=1.0)
 
 
-@pytest.mark.parametrize(("server_identity", "status"), [
-    pytest.param(spiffe("default", "reviews"), 200, id="server-is-the-expected-account"),
-    pytest.param(spiffe("default", "ratings"), 503, id="server-with-another-identity-is-refused"),
+EXPIRED_REVIEWS = ROOT.issue(spiffe("default", "reviews"), not_before=NOW - timedelta(days=2),
+                             not_after=NOW - timedelta(days=1))
+
+
+@pytest.mark.parametrize(("server_cert", "status", "reason"), [
+    pytest.param(ROOT.issue(spiffe("default", "reviews")), 200, "", id="server-is-the-expected-account"),
+    pytest.param(ROOT.issue(spiffe("default", "ratings")), 503, "spiffe://cluster.local/ns/default/sa/ratings",
+                 id="server-with-another-identity-is-refused"),
+    pytest.param(EXPIRED_REVIEWS, 503, "certificate has expired", id="expired-server-is-refused"),
 ])
-def test_auto_mtls_between_sidecars_verifies_the_server(server_identity: str, status: int) -> None:
+def test_auto_mtls_between_sidecars_verifies_the_server(server_cert: WorkloadCertificate, status: int, reason: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     async def body(mesh: Mesh, proxy: RunningProxy, _: StaticProvider) -> None:
         client, _ = await start(mesh, CLIENT_ID, SLEEP_CERT, (15001,))
         async with aiohttp.ClientSession() as http:
@@ -195,7 +202,10 @@ def test_auto_mtls_between_sidecars_verifies_the_server(server_identity: str, st
             assert proxy.lines[-1].endswith(f'"{spiffe("default", "sleep")}" mtls=true')
             assert client.sidecar.records[-1].upstream_mtls  # the client side's record, for telemetry
 
-    run(state(namespace_mode("STRICT")), body, reviews_cert=ROOT.issue(server_identity))
+    with caplog.at_level(logging.WARNING, logger="meshlab.mesh.proxy.upstream"):
+        run(state(namespace_mode("STRICT")), body, reviews_cert=server_cert)
+    if reason:
+        assert any(reason in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.parametrize(("path", "status", "body_text"), [
