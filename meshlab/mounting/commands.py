@@ -19,12 +19,15 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--read-only", action="store_true", help="mount read-only (writes fail with EROFS)")
     p.add_argument("-o", dest="options", action="append", default=[],
                    help="other nfs(5) options; the FUSE client logs and ignores them")
+    p.add_argument("--owner-pid", type=int, default=None,
+                   help="unmount and exit when this process ends (mount_nfs passes the kubelet or the driver)")
     p.add_argument("target", help="the mount point (an existing directory)")
     p.set_defaults(func=_mount_nfs)
 
 
 def _mount_nfs(args: argparse.Namespace) -> int:
     import logging
+    import os
     import sys
 
     from meshlab.errors import NfsError
@@ -37,8 +40,9 @@ def _mount_nfs(args: argparse.Namespace) -> int:
         logging.getLogger("meshlab.mount-nfs").info("ignoring mount options the FUSE client does not "
                                                     "implement: %s", ",".join(args.options))
     location = NfsLocation(server=args.server, export=args.export, port=args.port, version=args.nfs_version)
+    os.chdir("/")  # hold no directory busy (the caller's may be unmounted or deleted while this runs)
     try:
-        serve(location, args.subdir, args.target, read_only=args.read_only)
+        serve(location, args.subdir, args.target, read_only=args.read_only, owner_pid=args.owner_pid)
     except NfsError as err:
         print(f"mount-nfs: cannot mount {args.server}:{args.export} at {args.target}: {err}", file=sys.stderr)
         return 1

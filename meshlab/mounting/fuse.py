@@ -18,9 +18,11 @@ import functools
 import logging
 import os
 import posixpath
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import mfusepy
@@ -262,8 +264,12 @@ class NfsOperations(mfusepy.Operations):
             log.warning("closing the NFS connection: %s", err)
 
 
-def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = False) -> None:
+def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = False,
+          owner_pid: int | None = None) -> None:
     """Mount ``location``'s ``subdir`` at ``target`` and serve it until unmounted (blocks; foreground).
+
+    With ``owner_pid``, a watcher thread unmounts (lazily, as ``umount -l``) once that process has ended, so
+    the daemon never outlives what mounted it.
 
     Connects and checks ``subdir`` first, so a bad server or path fails before anything is mounted (raises
     NfsError). ``allow_other`` is set when root, so pods running as other users can use the mount.
@@ -282,6 +288,9 @@ def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = 
         options["allow_other"] = True
     log.info("mounting %s (NFSv%d, port %d) at %s%s", source, location.version, location.port, target,
              " read-only" if read_only else "")
+    if owner_pid is not None:
+        threading.Thread(target=_unmount_when_gone, args=(owner_pid, target), name="owner-watch",
+                         daemon=True).start()
     try:
         mfusepy.FUSE(operations, target, foreground=True, nothreads=True, **options)
     except RuntimeError as err:
@@ -290,3 +299,27 @@ def serve(location: NfsLocation, subdir: str, target: str, *, read_only: bool = 
         # libfuse's own clean-up found the mount already gone (fusermount3 -u got there first): not a failure.
         log.info("FUSE session ended (libfuse status %s)", err)
     log.info("unmounted %s", target)
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), which tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _unmount_when_gone(owner_pid: int, target: str, interval: float = 0.5) -> None:
+    started = _start_time(owner_pid)
+    while started is not None and _start_time(owner_pid) == started:
+        time.sleep(interval)
+    log.info("process %d that mounted %s has ended: unmounting", owner_pid, target)
+    for argv in (["fusermount3", "-u", "-z", target], ["umount", "-l", target]):
+        try:
+            if subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0:
+                time.sleep(5)  # the FUSE loop normally ends first, once the kernel lets the mount go
+                os._exit(0)
+        except (OSError, subprocess.SubprocessError) as err:
+            log.warning("%s: %s", " ".join(argv), err)
+    log.error("could not unmount %s after its owner ended; exiting anyway", target)
+    os._exit(1)

@@ -39,7 +39,9 @@ FUSE_FSTYPE = "fuse.meshlab-nfs"
 START_TIMEOUT = 20.0  # the daemon connects (5 s timeout) and checks the path before it mounts
 INSTALL_FUSE = "install fuse3 (apt-get install fuse3)"
 # Daemons this process started, kept so they are reaped (no zombie, no ResourceWarning) when they end.
-_children: dict[int, subprocess.Popen[bytes]] = {}
+# FUSE daemons this process started and has not collected yet (pids; see _reap). Plain pids, not Popen
+# objects: a daemon is meant to outlive the call that started it, which Popen reports as a leak.
+_children: set[int] = set()
 
 
 # -- what this machine can do -------------------------------------------------------------------------------
@@ -207,11 +209,13 @@ def _source(location: NfsLocation, subdir: str) -> str:
 # -- mount / unmount -------------------------------------------------------------------------------------------
 
 def mount_nfs(location: NfsLocation, subdir: str, target: Path, *, read_only: bool = False,
-              options: Sequence[str] = ()) -> str:
+              options: Sequence[str] = (), owner_pid: int | None = None) -> str:
     """Mount ``location``'s ``subdir`` at ``target``; returns ``"kernel"`` or ``"fuse"``. Idempotent.
 
     An existing mount of the same source is kept; a dead FUSE mount (its daemon gone) is replaced.
-    Raises MountError when the target holds another mount or the mount fails.
+    Raises MountError when the target holds another mount or the mount fails. A FUSE mount lasts as long as
+    ``owner_pid`` (default: this process) — the kubelet, or the CSI node plugin that mounted it — so stopping
+    the lab, or a driver pod, never leaves a daemon behind (a kernel mount needs no process).
     """
     target = Path(target)
     location, read_only, extra = _apply_options(location, read_only, options)
@@ -229,7 +233,7 @@ def mount_nfs(location: NfsLocation, subdir: str, target: Path, *, read_only: bo
     if how == "kernel":
         _mount_kernel(location, subdir, target, read_only, extra)
     else:
-        _mount_fuse(location, subdir, target, read_only, extra)
+        _mount_fuse(location, subdir, target, read_only, extra, os.getpid() if owner_pid is None else owner_pid)
     return how
 
 
@@ -268,10 +272,11 @@ def _pid_path(target: Path) -> Path:
     return target.parent / f".{target.name}.mount-nfs.pid"
 
 
-def _mount_fuse(location: NfsLocation, subdir: str, target: Path, read_only: bool, extra: list[str]) -> None:
+def _mount_fuse(location: NfsLocation, subdir: str, target: Path, read_only: bool, extra: list[str],
+                owner_pid: int) -> None:
     argv = [sys.executable, "-m", "meshlab.mounting", "mount-nfs", "--server", location.server,
             "--export", location.export, "--port", str(location.port), "--nfs-version", str(location.version),
-            "--subdir", subdir]
+            "--subdir", subdir, "--owner-pid", str(owner_pid)]
     if read_only:
         argv.append("--read-only")
     for option in extra:
@@ -279,22 +284,22 @@ def _mount_fuse(location: NfsLocation, subdir: str, target: Path, read_only: boo
     argv.append(os.fspath(target))
     log_path = _log_path(target)
     with open(log_path, "ab") as log:
-        # Its own session: the mount outlives the kubelet (as a kernel mount would) and no terminal signal
-        # reaches it; unmount() ends it.
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd="/")
-    _children[child.pid] = child
-    _pid_path(target).write_text(f"{child.pid}\n")
+        # Its own session: no terminal signal reaches it, and stopping a container's process group does not
+        # take it down mid-write; unmount() ends it, and so does its owner's exit (see serve()).
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log.fileno(), 1), (os.POSIX_SPAWN_DUP2, log.fileno(), 2)])
+    _children.add(pid)
+    _pid_path(target).write_text(f"{pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if is_mounted(target):
             return
-        if child.poll() is not None:
-            _children.pop(child.pid, None)
+        if _reap(pid):
             raise MountError(f"mounting {_source(location, subdir)} at {target} through FUSE failed: "
                              f"{_log_tail(log_path)}")
         time.sleep(0.02)
-    _stop(child.pid)
+    _stop(pid)
     raise MountError(f"mounting {_source(location, subdir)} at {target} through FUSE did not finish in "
                      f"{START_TIMEOUT:g} s: {_log_tail(log_path)}")
 
@@ -355,11 +360,18 @@ def _stop(pid: int, timeout: float = 5.0) -> None:
     _reap(pid)
 
 
-def _reap(pid: int) -> None:
-    # The daemon is our child when this process mounted it; collect it so no zombie stays behind.
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
+def _reap(pid: int) -> bool:
+    """Collect ``pid`` if it is a daemon this process started and it has exited (so no zombie stays behind);
+    returns whether it has."""
+    if pid not in _children:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done = pid
+    if done:
+        _children.discard(pid)
+    return bool(done)
 
 
 def _is_mount_daemon(pid: int) -> bool:

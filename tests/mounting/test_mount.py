@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,33 @@ def test_unmount_all_before_deleting_a_pod_directory(nfs_server: Any, volume: st
     assert mounts_under(pod_dir) == [] and not is_mounted(first)
     shutil.rmtree(pod_dir)
     assert (nfs_server.export_dir / volume / "keep.txt").read_text() == "must survive the pod directory's removal"
+
+
+def test_a_fuse_mount_ends_with_the_process_that_made_it(nfs_server: Any, volume: str, tmp_path: Path,
+                                                        mounts: list[Path]) -> None:
+    """Stopping the lab or a CSI node plugin must not leave FUSE daemons (and their mounts) behind."""
+    target = tmp_path / "owned"
+    mounts.append(target)
+    location = nfs_server.location
+    script = ("import sys\nfrom pathlib import Path\nfrom meshlab.mounting.mount import mount_nfs\n"
+              "from meshlab.mounting.nfsclient import NfsLocation\n"
+              f"print(mount_nfs(NfsLocation({location.server!r}, {location.export!r}, {location.port}, "
+              f"{location.version}), {volume!r}, Path({str(target)!r})))\n")
+    owner = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert owner.stdout.strip() == "fuse"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (is_mounted(target) or _daemons_for(target)):
+        time.sleep(0.1)
+    assert not is_mounted(target) and not _daemons_for(target)
+    assert "has ended: unmounting" in (target.parent / f".{target.name}.mount-nfs.log").read_text()
+
+
+def _daemons_for(target: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(target).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found

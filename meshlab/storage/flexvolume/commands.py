@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,8 +27,10 @@ def _flexvolume(args: argparse.Namespace) -> int:
     from meshlab.mounting import mount
     from meshlab.storage.flexvolume.driver import call
 
-    # The real mounts (kernel or FUSE) behind the driver's protocol.
-    mounter = SimpleNamespace(mount=mount.mount_nfs, unmount=mount.unmount)
+    # The real mounts (kernel or FUSE) behind the driver's protocol. The driver exits right after `mount`: a
+    # FUSE mount belongs to the kubelet that called it (this process's parent), and lasts as long as it does.
+    mounter = SimpleNamespace(mount=functools.partial(mount.mount_nfs, owner_pid=os.getppid()),
+                              unmount=mount.unmount)
     reply = call([args.command, *args.args], mounter)
     # stdout only: the kubelet reads the combined output as one JSON object (driver-call.go).
     print(reply.json())
