@@ -24,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from benchmarks.mesh_mtls import citadel
 from benchmarks.runtime import rss_mb
 from meshlab.mesh.load import LoadResult, load
 from meshlab.mesh.pilot.ads import AdsServer, serve
@@ -59,13 +61,16 @@ def _meshlab() -> list[str]:
     return [found]
 
 
-def state(timeout: str = "30s") -> MeshState:
+def state(timeout: str = "30s", *, mtls: bool = False) -> MeshState:
     """Two Services for one backend: ``echo`` through the server's sidecar, ``echo-direct`` straight to the app;
-    a VirtualService on ``echo`` whose ``timeout`` the convergence measurement changes."""
+    a VirtualService on ``echo`` whose ``timeout`` the convergence measurement changes. With ``mtls`` the echo
+    endpoint is marked as having a sidecar, so the client's sidecar speaks mutual TLS to it (auto-mTLS)."""
     port = (ServicePort("http", PORT),)
+    server = Endpoint(SERVER_POD, {"http": PORT}, {"app": "echo"}, True, "echo-server", "default",
+                      service_account="echo", sidecar=mtls)
     return MeshState(
         (Service("echo", "default", "10.96.0.81", port), Service("echo-direct", "default", "10.96.0.82", port)),
-        {("default", "echo"): (Endpoint(SERVER_POD, {"http": PORT}, {"app": "echo"}, True, "echo-server", "default"),),
+        {("default", "echo"): (server,),
          ("default", "echo-direct"): (Endpoint(BACKEND, {"http": PORT}, {"app": "echo"}, True, "", "default"),)},
         (VirtualService("echo", "default", {"hosts": ["echo"], "http": [
             {"route": [{"destination": {"host": "echo"}}], "timeout": timeout}]}),),
@@ -89,9 +94,10 @@ class Processes:
         self.started.append(proc)
         return proc
 
-    def proxy(self, name: str, ip: str, xds_port: int, *, app: str = "") -> subprocess.Popen[bytes]:
+    def proxy(self, name: str, ip: str, xds_port: int, *, app: str = "",
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {"POD_NAME": name, "POD_NAMESPACE": "default", "INSTANCE_IP": ip,
-               "ISTIO_METAJSON_LABELS": '{"app": "echo"}' if app else "{}", "APP_ADDRESS": app}
+               "ISTIO_METAJSON_LABELS": '{"app": "echo"}' if app else "{}", "APP_ADDRESS": app, **(extra_env or {})}
         return self.start(name, [*_meshlab(), "proxy", "--xds-address", f"127.0.0.1:{xds_port}",
                                  "--admin-address", ip], env)
 
@@ -283,6 +289,54 @@ backend echo
 """
 
 
+# -- the same with mutual TLS ---------------------------------------------------------------------------------
+
+
+async def _with_mtls(procs: Processes, ads: AdsServer, xds_port: int, duration: float, logs: Path) -> list[Row]:
+    """New sidecars holding Citadel certificates; the client's speaks mTLS to the server's (auto-mTLS)."""
+    rows: list[Row] = []
+    async with citadel(logs / "citadel", {"echo-server": "echo", "sleep": "sleep"}) as ca:
+        ads.set_state(state(mtls=True))
+        procs.proxy("echo-server", SERVER_POD, xds_port, app=f"{BACKEND}:{PORT}", extra_env=ca.proxy_env("echo-server"))
+        procs.proxy("sleep", CLIENT_POD, xds_port, extra_env=ca.proxy_env("sleep"))
+        await _synced(ads, {node_id(SERVER_POD, "echo-server", "default"), node_id(CLIENT_POD, "sleep", "default")})
+        for ip in (SERVER_POD, CLIENT_POD):
+            await _admin_until(ip, "/certs", "spiffe://")
+        await _port_open(SERVER_POD, PORT)
+        await _port_open(CLIENT_POD, OUTBOUND)
+        with _http_proxy(f"http://{CLIENT_POD}:{OUTBOUND}", [BACKEND]):
+            _checked(await load(TWO_HOPS, rate=100, requests=50), "warm-up through mTLS")
+            for rate in (200, 500):
+                direct = _checked(await load(DIRECT, rate=rate, duration=duration), f"direct at {rate}/s")
+                two = _checked(await load(TWO_HOPS, rate=rate, duration=duration), f"two sidecars, mTLS, {rate}/s")
+                rows += _added_rows(f"two sidecars with mTLS vs direct, {rate} rps x {duration:g} s", two, direct,
+                                    target=True)
+        handshakes = await _admin_until(SERVER_POD, "/stats", "listener.ssl.handshake: ")
+        count = handshakes.split("listener.ssl.handshake: ", 1)[1].split()[0]
+        rows.append(("  mTLS handshakes the server sidecar accepted (keep-alive reuses them)", count, "report", ""))
+    ads.set_state(state())
+    return rows
+
+
+async def _admin_until(ip: str, path: str, wanted: str, timeout: float = 30.0) -> str:
+    """GET ``path`` from a sidecar's admin port until the answer contains ``wanted``; returns it."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get() -> str:
+        try:
+            with opener.open(f"http://{ip}:15000{path}", timeout=5) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            return ""
+
+    deadline = time.monotonic() + timeout
+    while wanted not in (text := await asyncio.to_thread(get)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ip}:15000{path} did not show {wanted!r} within {timeout:g} s: {text[:300]!r}")
+        await asyncio.sleep(0.1)
+    return text
+
+
 # -- xDS convergence -------------------------------------------------------------------------------------------
 
 
@@ -362,6 +416,8 @@ async def _run(duration: float, throughput_seconds: float, changes: int, counts:
         await _port_open(CLIENT_POD, OUTBOUND)
         rows += await _latency(duration, client.pid, server.pid, haproxy_url, note)
         rows += await _throughput(throughput_seconds, client.pid, backend.pid)
+        procs.stop([client, server])
+        rows += await _with_mtls(procs, ads, xds_port, duration, logs)
         procs.stop()
         await grpc_server.stop(None)
         rows += await _convergence(procs, counts, changes)
