@@ -196,18 +196,32 @@ def proxy_status(lab: Lab) -> list[ProxyRow]:
 
 
 @dataclass(frozen=True)
-class ControlPlaneStatus:
-    crds: dict[str, bool]  # CRD name -> installed
+class Component:
+    """One control-plane Deployment (istiod, istio-citadel) as ``mesh status`` shows it."""
+
+    name: str
     deployment: str  # "1/1 ready", "not installed"
     pods: list[tuple[str, str, bool]]  # (name, pod IP, ready)
+
+    @property
+    def ready(self) -> bool:
+        return any(ready for _, _, ready in self.pods)
+
+
+@dataclass(frozen=True)
+class ControlPlaneStatus:
+    crds: dict[str, bool]  # CRD name -> installed
+    components: list[Component]
     proxies: int | None  # connected proxies, None when istiod cannot be asked
 
     @property
     def healthy(self) -> bool:
-        return all(self.crds.values()) and any(ready for _, _, ready in self.pods)
+        return all(self.crds.values()) and all(c.ready for c in self.components)
 
 
-CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
+CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io",
+             "peerauthentications.security.istio.io", "authorizationpolicies.security.istio.io")
+COMPONENTS = (ISTIOD, CITADEL_NAME)  # each Deployment's pods carry app=<its name>
 
 
 def status(lab: Lab) -> ControlPlaneStatus:
@@ -221,35 +235,38 @@ def status(lab: Lab) -> ControlPlaneStatus:
             if err.status != 404:
                 raise LabError(f"reading CRD {name} failed: {err.status} {err.reason}") from err
             crds[name] = False
-    plain = lab.clients.api_client.sanitize_for_serialization
-    try:
-        dep = plain(lab.clients.apps.read_namespaced_deployment(ISTIOD, NAMESPACE))
-        deployment = f"{dep.get('status', {}).get('readyReplicas') or 0}/{dep['spec'].get('replicas', 1)} ready"
-    except ApiException as err:
-        if err.status != 404:
-            raise LabError(f"reading deployment {ISTIOD} failed: {err.status} {err.reason}") from err
-        deployment = "not installed"
-    pods = []
-    if deployment != "not installed":
-        listed = plain(lab.clients.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={ISTIOD}"))
-        for pod in listed.get("items") or []:
-            pod_status = pod.get("status") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in pod_status.get("conditions") or [])
-            pods.append((str(pod["metadata"]["name"]), str(pod_status.get("podIP") or ""), ready))
+    components = [_component(lab, name) for name in COMPONENTS]
     proxies = None
-    if any(ready for _, _, ready in pods):
+    if components[0].ready:
         try:
             proxies = len(json.loads(fetch_debug(lab, "/debug/syncz")))
         except (LabError, ValueError):
             proxies = None
-    return ControlPlaneStatus(crds, deployment, pods, proxies)
+    return ControlPlaneStatus(crds, components, proxies)
+
+
+def _component(lab: Lab, name: str) -> Component:
+    plain = lab.clients.api_client.sanitize_for_serialization
+    try:
+        dep = plain(lab.clients.apps.read_namespaced_deployment(name, NAMESPACE))
+    except ApiException as err:
+        if err.status != 404:
+            raise LabError(f"reading deployment {name} failed: {err.status} {err.reason}") from err
+        return Component(name, "not installed", [])
+    pods = []
+    for pod in plain(lab.clients.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}")).get("items") or []:
+        pod_status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or [])
+        pods.append((str(pod["metadata"]["name"]), str(pod_status.get("podIP") or ""), ready))
+    replicas = f"{dep.get('status', {}).get('readyReplicas') or 0}/{dep['spec'].get('replicas', 1)} ready"
+    return Component(name, replicas, pods)
 
 
 def format_status(s: ControlPlaneStatus) -> str:
     lines = [f"CRD {name}: {'installed' if ok else 'missing'}" for name, ok in s.crds.items()]
-    lines.append(f"deployment {NAMESPACE}/{ISTIOD}: {s.deployment}")
-    lines += [f"  pod {name} {ip or '(no IP)'} {'Ready' if ready else 'not ready'}" for name, ip, ready in s.pods]
+    for c in s.components:
+        lines.append(f"deployment {NAMESPACE}/{c.name}: {c.deployment}")
+        lines += [f"  pod {name} {ip or '(no IP)'} {'Ready' if ready else 'not ready'}" for name, ip, ready in c.pods]
     if s.proxies is not None:
         lines.append(f"connected proxies: {s.proxies}")
     return "\n".join(lines)

@@ -109,12 +109,14 @@ def _names(response: discovery_pb2.DiscoveryResponse, message: Any) -> set[str]:
     return {resource_name(unpack(r, message)) for r in response.resources}
 
 
-def test_install_reports_istiod_ready(mesh: tuple[meshlab.lab.Lab, str], lab: RunningLab,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_reports_istiod_and_citadel_ready(mesh: tuple[meshlab.lab.Lab, str], lab: RunningLab,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["mesh", "status", "--kubeconfig", str(lab.kubeconfig)]) == 0
     out = capsys.readouterr().out
     assert "deployment istio-system/istiod: 1/1 ready" in out
+    assert "deployment istio-system/istio-citadel: 1/1 ready" in out
     assert "virtualservices.networking.istio.io: installed" in out
+    assert "authorizationpolicies.security.istio.io: installed" in out
 
 
 def test_a_proxy_gets_the_bookstore_then_a_virtual_service_and_shows_synced(
