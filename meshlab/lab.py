@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +153,21 @@ class Lab:
                 raise LabError(f"{kind} {namespace}/{name} was not ready after {timeout:.0f}s: {why}")
             time.sleep(0.2)
 
+    def wait_gone(self, kind: str, name: str, *, namespace: str = "default", timeout: float = 60) -> None:
+        """Wait until an object is gone (a namespace has finished terminating, ...); LabError if it stays."""
+        kind = kind.lower().removesuffix("s")
+        deadline = time.monotonic() + timeout
+        while (obj := self._read(kind, name, namespace)) is not None:
+            if time.monotonic() >= deadline:
+                where = name if kind == "namespace" else f"{namespace}/{name}"
+                phase = (obj.get("status") or {}).get("phase")
+                raise LabError(f"{kind} {where} is still there after {timeout:.0f}s"
+                               + (f" ({phase})" if phase else ""))
+            time.sleep(0.2)
+
     def _read(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        readers = {
+        readers: dict[str, Callable[[str, str], Any]] = {
+            "namespace": lambda name, _: self.clients.core.read_namespace(name),
             "deployment": self.clients.apps.read_namespaced_deployment,
             "daemonset": self.clients.apps.read_namespaced_daemon_set,
             "replicaset": self.clients.apps.read_namespaced_replica_set,

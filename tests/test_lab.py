@@ -75,6 +75,20 @@ def test_wait_ready_says_what_it_waited_for(lab: RunningLab) -> None:
         handle.close()
 
 
+def test_wait_gone_waits_for_a_namespace_to_finish_terminating(lab: RunningLab) -> None:
+    handle = meshlab_lab.connect(lab.kubeconfig)
+    try:
+        handle.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "going"}})
+        handle.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inside"}}, namespace="going")
+        with pytest.raises(LabError, match=r"namespace going is still there after 0s \(Active\)"):
+            handle.wait_gone("namespace", "going", timeout=0)
+        handle.delete("namespace", "going")
+        handle.wait_gone("namespace", "going", timeout=30)
+        assert handle.delete("namespace", "going") == []  # already gone
+    finally:
+        handle.close()
+
+
 ECHO = """
 apiVersion: apps/v1
 kind: Deployment

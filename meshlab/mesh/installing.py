@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,22 +107,8 @@ def uninstall(lab: Lab, *, purge: bool = False, timeout: float = 60) -> list[str
         deleted += lab.delete(PILOT_RBAC.read_text()) + lab.delete(CITADEL_RBAC.read_text())
     if purge:
         deleted += lab.delete(CRDS.read_text()) + lab.delete(SECURITY_CRDS.read_text())
-    deadline = time.monotonic() + timeout
-    while _namespace_exists(lab):
-        if time.monotonic() > deadline:
-            raise LabError(f"namespace {NAMESPACE} is still terminating after {timeout:.0f}s")
-        time.sleep(0.2)
+    lab.wait_gone("namespace", NAMESPACE, timeout=timeout)
     return deleted
-
-
-def _namespace_exists(lab: Lab) -> bool:
-    try:
-        lab.clients.core.read_namespace(NAMESPACE)
-    except ApiException as err:
-        if err.status == 404:
-            return False
-        raise LabError(f"reading namespace {NAMESPACE} failed: {err.status} {err.reason}") from err
-    return True
 
 
 def fetch_debug(lab: Lab, path: str) -> str:

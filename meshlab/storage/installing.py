@@ -226,22 +226,8 @@ def uninstall(lab: Lab, *, force: bool = False, timeout: float = 60) -> list[str
     if serves_rbac(lab):
         deleted += lab.delete(CSI_NFS_RBAC.read_text())
     deleted += lab.delete(documents(NFS_SERVER))
-    deadline = time.monotonic() + timeout
-    while _namespace_exists(lab):
-        if time.monotonic() > deadline:
-            raise LabError(f"namespace {NAMESPACE} is still terminating after {timeout:.0f}s")
-        time.sleep(0.2)
+    lab.wait_gone("namespace", NAMESPACE, timeout=timeout)
     return deleted
-
-
-def _namespace_exists(lab: Lab) -> bool:
-    try:
-        lab.clients.core.read_namespace(NAMESPACE)
-    except ApiException as err:
-        if err.status == 404:
-            return False
-        raise LabError(f"reading namespace {NAMESPACE} failed: {err.status} {err.reason}") from err
-    return True
 
 
 @dataclass(frozen=True)
