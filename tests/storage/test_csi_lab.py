@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
@@ -22,20 +21,7 @@ import meshlab.lab
 from meshlab import cli
 from meshlab.storage import installing
 from tests.conftest import RunningLab
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
+from tests.polling import wait_for
 
 # -- the manifests and what install changes in them (fast, no lab) ----------------------------------------------
 
@@ -134,7 +120,7 @@ def bound_volume(handle: meshlab.lab.Lab, namespace: str) -> str:
     def probe() -> str | None:
         pvc = plain(handle, handle.core.read_namespaced_persistent_volume_claim("shared", namespace))
         return pvc["spec"].get("volumeName") if pvc.get("status", {}).get("phase") == "Bound" else None
-    return wait_for("the claim to be Bound", probe)
+    return wait_for(probe, what="the claim to be Bound")
 
 
 def deployment(name: str, script: str) -> dict[str, Any]:
@@ -172,8 +158,8 @@ def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab
     for name in ("writer", "reader"):
         handle.wait_ready("deployment", name, namespace=namespace, timeout=60)
     reader = handle.core.list_namespaced_pod(namespace, label_selector="app=reader").items[0].metadata.name
-    wait_for("the reader to print the writer's bytes",
-             lambda: token in handle.core.read_namespaced_pod_log(reader, namespace))
+    wait_for(lambda: token in handle.core.read_namespaced_pod_log(reader, namespace),
+             what="the reader to print the writer's bytes")
     on_disk = export_dir / pv / "hello.txt"
     assert on_disk.read_text() == token + "\n"
     if shutil.which("nfs-cat"):
@@ -183,10 +169,10 @@ def test_two_deployments_share_a_read_write_many_volume(storage: meshlab.lab.Lab
         seen = subprocess.run(["nfs-cat", url], capture_output=True, text=True, timeout=20)
         assert seen.stdout == token + "\n", seen.stderr
     handle.delete([deployment("writer", ""), deployment("reader", "")], namespace=namespace)
-    wait_for("the pods to be gone", lambda: pods_gone(handle, namespace))
+    wait_for(lambda: pods_gone(handle, namespace), what="the pods to be gone")
     assert on_disk.read_text() == token + "\n"
     handle.core.delete_namespaced_persistent_volume_claim("shared", namespace)
-    wait_for("the volume to be deleted", lambda: pv_gone(handle, pv))
+    wait_for(lambda: pv_gone(handle, pv), what="the volume to be deleted")
     assert not (export_dir / pv).exists()
 
 
@@ -198,16 +184,17 @@ def test_a_volume_outlives_its_nfs_server_pod(storage: meshlab.lab.Lab, namespac
     (export_dir / pv / "before.txt").write_text("kept")
     old = handle.core.list_namespaced_pod(installing.NAMESPACE, label_selector="app=nfs-server").items[0]
     handle.core.delete_namespaced_pod(old.metadata.name, installing.NAMESPACE)
-    wait_for("a new NFS server pod", lambda: [p for p in handle.core.list_namespaced_pod(
-        installing.NAMESPACE, label_selector="app=nfs-server").items if p.metadata.uid != old.metadata.uid])
+    wait_for(lambda: [p for p in handle.core.list_namespaced_pod(
+        installing.NAMESPACE, label_selector="app=nfs-server").items if p.metadata.uid != old.metadata.uid],
+             what="a new NFS server pod")
     handle.wait_ready("deployment", installing.SERVER_DEPLOYMENT, namespace=installing.NAMESPACE, timeout=60)
     handle.apply(deployment("after", "cat /data/before.txt > /data/after.txt && exec sleep 3600"),
                  namespace=namespace)
     handle.wait_ready("deployment", "after", namespace=namespace, timeout=60)
-    wait_for("the pod to copy the file", lambda: (export_dir / pv / "after.txt").exists())
+    wait_for(lambda: (export_dir / pv / "after.txt").exists(), what="the pod to copy the file")
     assert (export_dir / pv / "after.txt").read_text() == "kept"
     handle.delete(deployment("after", ""), namespace=namespace)
-    wait_for("the pods to be gone", lambda: pods_gone(handle, namespace))
+    wait_for(lambda: pods_gone(handle, namespace), what="the pods to be gone")
 
 
 @pytest.mark.slow
@@ -226,9 +213,9 @@ def test_inline_ephemeral_csi_volume(storage: meshlab.lab.Lab, namespace: str, e
             "version": params["version"], "subDir": subdir}}}]}}, namespace=namespace)
     handle.wait_ready("pod", "inline", namespace=namespace, timeout=60)
     note = export_dir / subdir / "note.txt"
-    wait_for("the pod's file on the export", lambda: note.exists() and note.read_text() == token + "\n")
+    wait_for(lambda: note.exists() and note.read_text() == token + "\n", what="the pod's file on the export")
     handle.core.delete_namespaced_pod("inline", namespace)
-    wait_for("the pod to be gone", lambda: pods_gone(handle, namespace))
+    wait_for(lambda: pods_gone(handle, namespace), what="the pod to be gone")
     assert note.read_text() == token + "\n"  # an inline volume's directory is the volume context's, kept
 
 
@@ -247,7 +234,7 @@ def test_deleting_the_claim_follows_on_delete(storage: meshlab.lab.Lab, namespac
         pv = bound_volume(handle, namespace)
         (export_dir / pv / "kept.txt").write_text("data")
         handle.core.delete_namespaced_persistent_volume_claim("shared", namespace)
-        wait_for("the volume to be deleted", lambda: pv_gone(handle, pv))
+        wait_for(lambda: pv_gone(handle, pv), what="the volume to be deleted")
         assert (export_dir / left.format(pv) / "kept.txt").read_text() == "data"
         assert on_delete == "retain" or not (export_dir / pv).exists()
     finally:
@@ -269,7 +256,7 @@ def test_unknown_parameter_leaves_the_claim_pending_with_invalid_argument(storag
             events = handle.core.list_namespaced_event(namespace).items
             return next((e.message for e in events if e.reason == "ProvisioningFailed"), None)
 
-        message = wait_for("a ProvisioningFailed event", failure)
+        message = wait_for(failure, what="a ProvisioningFailed event")
         assert "INVALID_ARGUMENT" in message and "shrae" in message
         pvc = plain(handle, handle.core.read_namespaced_persistent_volume_claim("shared", namespace))
         assert pvc["status"]["phase"] == "Pending"

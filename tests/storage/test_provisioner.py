@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
@@ -23,21 +23,10 @@ from meshlab.storage.csi.provisioner_plan import BackOff
 from meshlab.storage.csi.serving import build_server
 from meshlab.storage.nfsd.running import RunningNfsServer
 from tests.conftest import RunningLab
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
-T = TypeVar("T")
 DRIVER = "nfs.csi.meshlab.io"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +88,7 @@ def bound(api: kube.Clients, namespace: str) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         c = claim(api, namespace)
         return c if (c.get("status") or {}).get("phase") == "Bound" else None
-    return wait_for("the claim to be Bound", probe)
+    return wait_for(probe, what="the claim to be Bound")
 
 
 def volume_gone(api: kube.Clients, name: str) -> bool:
@@ -132,7 +121,7 @@ def test_unknown_parameter_leaves_the_claim_pending_quoting_invalid_argument(
     def failed() -> str | None:
         return next((m for r, m in events(api, namespace) if r == "ProvisioningFailed"), None)
 
-    message = wait_for("a ProvisioningFailed event", failed)
+    message = wait_for(failed, what="a ProvisioningFailed event")
     assert "rpc error: code = INVALID_ARGUMENT" in message and "colour" in message
     time.sleep(1.0)  # retries keep failing the same way: still Pending
     assert claim(api, namespace)["status"]["phase"] == "Pending"
@@ -145,7 +134,7 @@ def test_deleting_the_claim_follows_on_delete(provisioner: Provisioner, api: kub
     pv_name = bound(api, namespace)["spec"]["volumeName"]
     (nfs_server.export_dir / pv_name / "kept.txt").write_text("bytes")
     api.core.delete_namespaced_persistent_volume_claim("data", namespace)
-    wait_for("the PV to be deleted", lambda: volume_gone(api, pv_name))
+    wait_for(lambda: volume_gone(api, pv_name), what="the PV to be deleted")
     assert not (nfs_server.export_dir / pv_name).exists() or on_delete == "retain"
     if left is not None:
         kept: Path = nfs_server.export_dir / left.format(pv_name) / "kept.txt"
@@ -167,6 +156,6 @@ def test_a_claim_with_a_claim_as_data_source_is_a_clone(provisioner: Provisioner
         c = claim(api, namespace, "copy")
         return c["spec"].get("volumeName") if (c.get("status") or {}).get("phase") == "Bound" else None
 
-    clone = wait_for("the clone to be Bound", copied)
+    clone = wait_for(copied, what="the clone to be Bound")
     assert clone != origin
     assert (nfs_server.export_dir / clone / "seed.txt").read_text() == "cloned bytes"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from meshlab.cluster.labdir import LabDir
 from meshlab.cluster.resources import ResourceType
 from tests.cluster.controllers.fake_kubelet import FakeKubelet
 from tests.inprocess import lab_in_thread
+from tests.polling import wait_for
 
 T = TypeVar("T")
 
@@ -58,18 +58,6 @@ class ControllerLab:
         return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture(scope="package")
 def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerLab]:
     lab = LabDir.named("controllers", tmp_path_factory.mktemp("controllers-home"))
@@ -90,7 +78,7 @@ def controller_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
 
     with lab_in_thread(lab, configure, timeout=15):
         clients = kube.clients(lab.kubeconfig)
-        wait_for(lambda: clients.core.list_node().items, 10, "lab-node")
+        wait_for(lambda: clients.core.list_node().items, timeout=10, what="lab-node")
         yield ControllerLab(lab, clients, holder["server"], peaks, holder["loop"], holder["controllers"])
         clients.close()
 

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.controllers.conftest import ControllerLab, wait_for
+from tests.cluster.controllers.conftest import ControllerLab
 from tests.cluster.controllers.test_workloads import rolled_out, web
+from tests.polling import wait_for
 
 HOLD = "test.meshlab.io/hold"
 

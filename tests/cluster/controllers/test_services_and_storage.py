@@ -9,8 +9,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from meshlab.cluster.controllers.volumebinding import PROVISIONED_BY, VolumeBindingController
-from tests.cluster.controllers.conftest import ControllerLab, wait_for
+from tests.cluster.controllers.conftest import ControllerLab
 from tests.cluster.controllers.fake_kubelet import READY_ANNOTATION
+from tests.polling import wait_for
 
 
 def present(read: Any, *args: Any) -> Any:

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from meshlab.cluster.controllers.rollouts import REVISION, REVISION_HISTORY
-from tests.cluster.controllers.conftest import ControllerLab, wait_for
+from tests.cluster.controllers.conftest import ControllerLab
 from tests.conftest import kubectl_path
+from tests.polling import wait_for
 
 needs_kubectl = pytest.mark.skipif(kubectl_path() is None, reason="kubectl is not installed")
 

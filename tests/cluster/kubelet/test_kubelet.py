@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -29,9 +29,9 @@ from meshlab.cluster.kubelet import BackOffPolicy, Kubelet
 from meshlab.cluster.labdir import LabDir
 from tests.conftest import kubectl_path
 from tests.inprocess import lab_in_thread
+from tests.polling import wait_for
 
 NS = "kl"
-T = TypeVar("T")
 needs_kubectl = pytest.mark.skipif(kubectl_path() is None, reason="kubectl is not installed")
 PY = sys.executable
 
@@ -61,20 +61,6 @@ class Node:
 
     def logs(self, name: str) -> str:
         return str(self.core.read_namespaced_pod_log(name, NS))
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except (KeyError, IndexError, TypeError):
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def container(name: str = "app", **extra: Any) -> dict[str, Any]:
@@ -170,7 +156,7 @@ def until(node: Node, name: str, check: Callable[[dict[str, Any]], Any], timeout
         pod = node.pod(name)
         return pod if check(pod) else None
 
-    return wait_for(probe, timeout, what or name)
+    return wait_for(probe, timeout=timeout, what=what or name)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +191,7 @@ def logged(node: Node, name: str, needle: str, timeout: float = 10.0) -> str:
         text = node.logs(name)
         return text if needle in text else None
 
-    return wait_for(probe, timeout, f"{needle!r} in the log of {name}")
+    return wait_for(probe, timeout=timeout, what=f"{needle!r} in the log of {name}")
 
 
 def condition(pod: dict[str, Any], kind: str) -> str:
@@ -238,7 +224,7 @@ def test_a_pod_runs_and_becomes_ready_serving_on_its_own_address(node: Node) -> 
     expected = {("Normal", "Pulled", 'Container image "meshlab/test:1" already present on machine'),
                 ("Normal", "Created", "Created container: app"), ("Normal", "Started", "Started container app")}
     # events are recorded just after the status is written: give them a moment
-    wait_for(lambda: expected <= set(node.events("web")), 5, "Pulled, Created and Started events")
+    wait_for(lambda: expected <= set(node.events("web")), timeout=5, what="Pulled, Created and Started events")
 
 
 def test_node_is_registered_ready_with_capacity_and_a_lease(node: Node) -> None:
@@ -266,7 +252,7 @@ def test_readiness_probe_gates_ready_until_exec_makes_it_pass(node: Node) -> Non
     # the Python client's exec goes through the same PodIO as kubectl's
     stream(node.core.connect_get_namespaced_pod_exec, "gated", NS, command=["sh", "-c", 'touch "$HOME/ready"'],
            stderr=True, stdin=False, stdout=True, tty=False)
-    wait_for(lambda: condition(node.pod("gated"), "Ready") == "True", 10, "gated Ready")
+    wait_for(lambda: condition(node.pod("gated"), "Ready") == "True", timeout=10, what="gated Ready")
 
 
 # -- restarts -----------------------------------------------------------------------------------------------------
@@ -275,7 +261,7 @@ def test_readiness_probe_gates_ready_until_exec_makes_it_pass(node: Node) -> Non
 def test_a_crashing_container_shows_crash_loop_back_off_with_growing_back_off(
         node: Node, crash_messages: list[str]) -> None:
     seen = crash_messages
-    wait_for(lambda: len(seen) >= 3, 20, "three back-off periods")
+    wait_for(lambda: len(seen) >= 3, timeout=20, what="three back-off periods")
     assert [m.split()[1] for m in seen[:3]] == ["400ms", "800ms", "1.6s"]
     assert seen[0].startswith("back-off 400ms restarting failed container=app pod=crasher_kl(")
     pod = node.pod("crasher")
@@ -287,7 +273,8 @@ def test_a_crashing_container_shows_crash_loop_back_off_with_growing_back_off(
 
 @needs_kubectl
 def test_kubectl_logs_previous_shows_the_run_before(node: Node, crash_messages: list[str]) -> None:
-    wait_for(lambda: node.pod("crasher")["status"]["containerStatuses"][0]["restartCount"] >= 2, 20, "restarts")
+    wait_for(lambda: node.pod("crasher")["status"]["containerStatuses"][0]["restartCount"] >= 2, timeout=20,
+             what="restarts")
     for _ in range(5):  # a restart may land between the two reads: retry until both agree
         current = node.kubectl("logs", "crasher")
         previous = node.kubectl("logs", "crasher", "--previous")
@@ -301,7 +288,8 @@ def test_kubectl_logs_previous_shows_the_run_before(node: Node, crash_messages: 
 
 
 def test_liveness_failure_kills_and_restarts(node: Node) -> None:
-    wait_for(lambda: node.pod("liveness")["status"]["containerStatuses"][0]["restartCount"] >= 1, 20, "a restart")
+    wait_for(lambda: node.pod("liveness")["status"]["containerStatuses"][0]["restartCount"] >= 1, timeout=20,
+             what="a restart")
     events = node.events("liveness")
     ip = node.pod("liveness")["status"]["podIP"]
     assert ("Warning", "Unhealthy", f"Liveness probe failed: dial tcp {ip}:9: connect: connection refused") in events
@@ -340,7 +328,7 @@ def test_a_missing_configmap_waits_then_starts_once_it_exists(node: Node) -> Non
     assert waiting["message"] == 'configmap "later" not found'
     assert ("Warning", "Failed", 'Error: configmap "later" not found') in node.events("configwait")
     node.core.create_namespaced_config_map(NS, {"metadata": {"name": "later"}, "data": {"greeting": "hi"}})
-    wait_for(lambda: state(node.pod("configwait")).get("running"), 10, "configwait running")
+    wait_for(lambda: state(node.pod("configwait")).get("running"), timeout=10, what="configwait running")
     assert logged(node, "configwait", "greeting") == "greeting=hi\n"
 
 
@@ -417,7 +405,7 @@ def test_graceful_termination_sigterm_then_sigkill_then_the_pod_is_gone(node: No
             return err.status == 404
         return False
 
-    wait_for(gone, 15, "the pod to disappear")
+    wait_for(gone, timeout=15, what="the pod to disappear")
     took = time.monotonic() - started
     assert (node.marks / "graceful.term").read_text() == "SIGTERM"
     assert 2.5 <= took < 10, took  # the process ignored SIGTERM: SIGKILL came after the 3 s grace period
@@ -430,7 +418,7 @@ def test_deleting_a_pod_frees_its_address_and_files(node: Node) -> None:
     pod = until(node, "envdump", lambda p: state(p).get("running"))
     uid = pod["metadata"]["uid"]
     node.core.delete_namespaced_pod("envdump", NS, grace_period_seconds=1)
-    wait_for(lambda: uid not in node.kubelet.workers, 15, "the worker to finish")
+    wait_for(lambda: uid not in node.kubelet.workers, timeout=15, what="the worker to finish")
     assert not (node.lab.path / "pods" / uid).exists()
     assert node.kubelet.ctx.addresses.get(uid) is None
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,9 @@ from meshlab import kube
 from meshlab.cluster import supervisor
 from meshlab.cluster.kubelet.reaping import _process_groups
 from meshlab.cluster.labdir import LabDir
+from tests.polling import wait_for
 
 NS = "orphans"
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            found = check()
-            if found:
-                return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def container_groups(lab: LabDir) -> set[int]:
@@ -69,24 +58,27 @@ def test_a_killed_supervisor_leaves_no_containers_and_up_brings_the_pods_back(la
     core: Any = clients.core
     try:
         core.create_namespace({"metadata": {"name": NS}})
-        wait_for(lambda: core.read_namespaced_service_account("default", NS), 10, "the default ServiceAccount")
+        wait_for(lambda: core.read_namespaced_service_account("default", NS), timeout=10,
+                 what="the default ServiceAccount")
         for name, script in (("family", "sleep 300 & sleep 300"), ("single", "exec sleep 300")):
             core.create_namespaced_pod(NS, {"metadata": {"name": name}, "spec": {"nodeName": "lab-node", "containers": [
                 {"name": "app", "image": "meshlab/test", "command": ["sh", "-c", script]}]}})
-        before = wait_for(lambda: running_pods(core), 20, "both pods running")
-        groups = wait_for(lambda: len(container_groups(lab)) == 2 and container_groups(lab), 5, "two recorded groups")
+        before = wait_for(lambda: running_pods(core), timeout=20, what="both pods running")
+        groups = wait_for(lambda: len(container_groups(lab)) == 2 and container_groups(lab), timeout=5,
+                          what="two recorded groups")
         # family's shell and its two sleeps (one of which outlives the shell's own death), single's sleep
-        victims = wait_for(lambda: len(members(groups)) >= 4 and members(groups), 10, "four container processes")
+        victims = wait_for(lambda: len(members(groups)) >= 4 and members(groups), timeout=10,
+                           what="four container processes")
 
         os.kill(int(info["pid"]), signal.SIGKILL)
         reap(int(info["pid"]))
-        wait_for(lambda: not members(groups), 5, "the container processes to die with the supervisor")
+        wait_for(lambda: not members(groups), timeout=5, what="the container processes to die with the supervisor")
 
         supervisor.up(lab, port=int(info["port"]))
         clients.close()
         clients = kube.clients(lab.kubeconfig)  # the port may have changed
         core = clients.core
-        after = wait_for(lambda: running_pods(core), 30, "both pods running again")
+        after = wait_for(lambda: running_pods(core), timeout=30, what="both pods running again")
         for name, pod in after.items():
             status = pod.status.container_statuses[0]
             assert status.restart_count == before[name].status.container_statuses[0].restart_count + 1

@@ -7,10 +7,9 @@ report what they see in their logs.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -20,9 +19,9 @@ from meshlab.cluster.apiserver import ApiServer
 from meshlab.cluster.kubelet import BackOffPolicy, Kubelet
 from meshlab.cluster.labdir import LabDir
 from tests.inprocess import lab_in_thread
+from tests.polling import wait_for
 
 NS = "podlocal"
-T = TypeVar("T")
 
 # Polls the other container's server (HTTP_PROXY is set in the lab: this also checks NO_PROXY lets it through).
 CLIENT = """
@@ -88,22 +87,11 @@ class Node:
                 return None
             return next((line for line in text.splitlines() if line.startswith(prefix)), None)
 
-        return wait_for(probe, 20, f"{prefix!r} in the log of {pod}/{container}")
+        return wait_for(probe, timeout=20, what=f"{prefix!r} in the log of {pod}/{container}")
 
     def fields(self, pod: str, container: str) -> dict[str, str]:
         line = self.log_line(pod, container, "listen=")
         return dict(part.split("=", 1) for part in line.split())
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +160,7 @@ def test_a_container_may_override_its_pod_ip(node: Node, field: str, expected: s
 
 def test_the_pod_localhost_is_not_reported_in_status(node: Node) -> None:
     local = served_on(node)
-    pod = wait_for(lambda: (p := node.pod("duo"))["status"].get("podIP") and p, 10, "duo's podIP")
+    pod = wait_for(lambda: (p := node.pod("duo"))["status"].get("podIP") and p, timeout=10, what="duo's podIP")
     status = pod["status"]
     assert status["podIPs"] == [{"ip": status["podIP"]}] and status["podIP"] != local
     assert local not in json.dumps(status)
@@ -182,11 +170,12 @@ def test_deleting_the_pod_releases_its_localhost(node: Node) -> None:
     local = served_on(node)
     uid = node.pod("duo")["metadata"]["uid"]
     node.core.delete_namespaced_pod("duo", NS, grace_period_seconds=1)
-    wait_for(lambda: uid not in node.kubelet.workers, 15, "the duo's worker to finish")
+    wait_for(lambda: uid not in node.kubelet.workers, timeout=15, what="the duo's worker to finish")
     addresses = node.kubelet.ctx.addresses
     assert addresses.localhost(uid) is None and addresses.get(uid) is None
     # the persisted table (what a restarted kubelet starts from) forgets it too, once the coalesced write lands
-    wait_for(lambda: uid not in json.loads(addresses.path.read_text())["localhost"], 5, "the table to be saved")
+    wait_for(lambda: uid not in json.loads(addresses.path.read_text())["localhost"], timeout=5,
+             what="the table to be saved")
     assert local not in json.loads(addresses.path.read_text())["localhost"].values()
 
 

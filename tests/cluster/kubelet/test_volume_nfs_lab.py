@@ -10,11 +10,10 @@ down and the pod starting once it is back.
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -30,10 +29,10 @@ from meshlab.mounting.nfsclient import NfsClient
 from meshlab.storage.flexvolume.install import install_driver
 from meshlab.storage.nfsd import start_nfs_server
 from tests.inprocess import lab_in_thread
+from tests.polling import wait_for
 from tests.storage.conftest import nfs_server
 
 __all__ = ["nfs_server"]
-T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mount_support() is not None, reason=f"no NFS mount here: {mount_support()}")]
@@ -88,17 +87,6 @@ class Lab:
         return [(str(e.reason), str(e.message)) for e in self.core.list_namespaced_event(namespace).items]
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 45.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     labdir = LabDir.named("nfs-lab", tmp_path_factory.mktemp("nfs-lab-home"))
@@ -142,7 +130,7 @@ def test_two_deployments_share_one_export(lab: Lab, nfs_server: Any, kind: str) 
     lab.deployment(ns, "writer", WRITER, volume)
     lab.deployment(ns, "reader", READER, volume)
 
-    read = wait_for(lambda: lab.read(ns), "the reader's log")
+    read = wait_for(lambda: lab.read(ns), what="the reader's log")
     writer = lab.pod_of(ns, "writer").metadata.name
     assert f"read: written by {writer}" in read
     assert (nfs_server.export_dir / subdir / "message.txt").read_text() == f"written by {writer}\n"
@@ -150,7 +138,7 @@ def test_two_deployments_share_one_export(lab: Lab, nfs_server: Any, kind: str) 
         assert other.read_file(f"{subdir}/message.txt") == f"written by {writer}\n".encode()
 
     lab.core.delete_namespace(ns)  # the pods go, their mounts with them; the data stays on the export
-    wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, "the pods to be deleted")
+    wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, what="the pods to be deleted")
     assert (nfs_server.export_dir / subdir / "message.txt").exists()
 
 
@@ -167,13 +155,13 @@ def test_claim_bound_to_an_nfs_volume(lab: Lab, nfs_server: Any) -> None:
     lab.deployment(ns, "reader", READER, claim)
     # The scheduler holds the pods back first (FailedScheduling), as a real one does.
     wait_for(lambda: any('persistentvolumeclaim "shared" not found' in m for _, m in lab.events(ns)),
-             "an event about the missing claim")
+             what="an event about the missing claim")
     lab.core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": "shared"}, "spec": {
         "accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}})
-    read = wait_for(lambda: lab.read(ns), "the reader's log")
+    read = wait_for(lambda: lab.read(ns), what="the reader's log")
     assert f"read: written by {lab.pod_of(ns, 'writer').metadata.name}" in read
     lab.core.delete_namespace(ns)
-    wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, "the pods to be deleted")
+    wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, what="the pods to be deleted")
     lab.core.delete_persistent_volume(f"pv-{ns}")
 
 
@@ -195,14 +183,14 @@ def test_server_down_at_pod_start(lab: Lab, tmp_path: Path) -> None:
     def failed_mount() -> str | None:
         return next((m for r, m in lab.events(ns) if r == "FailedMount"), None)
 
-    message = wait_for(failed_mount, "a FailedMount event")
+    message = wait_for(failed_mount, what="a FailedMount event")
     assert "NFS_UNREACHABLE" in message and f"127.0.0.1:/export/volumes/outage (NFSv3, port {port})" in message
     pod = lab.pod_of(ns, "reader")
     waiting = pod.status.container_statuses[0].state.waiting if pod.status.container_statuses else None
     assert pod.status.phase == "Pending" and (waiting is None or waiting.reason == "ContainerCreating")
 
     with start_nfs_server(export, port=port):
-        read = wait_for(lambda: lab.read(ns), "the reader's log")
+        read = wait_for(lambda: lab.read(ns), what="the reader's log")
         assert "read: written before the outage" in read
         lab.core.delete_namespace(ns)
-        wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, "the pod to be deleted")
+        wait_for(lambda: not lab.core.list_namespaced_pod(ns).items, what="the pod to be deleted")

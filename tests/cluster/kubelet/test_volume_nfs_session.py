@@ -18,8 +18,9 @@ from meshlab.mounting.mount import mount_support
 from meshlab.mounting.nfsclient import NfsClient
 from meshlab.storage.flexvolume.install import install_driver
 from meshlab.storage.nfsd import RunningNfsServer, start_nfs_server
-from tests.cluster.kubelet.test_volume_nfs_lab import READER, WRITER, Lab, wait_for
+from tests.cluster.kubelet.test_volume_nfs_lab import READER, WRITER, Lab
 from tests.conftest import RunningLab
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mount_support() is not None, reason=f"no NFS mount here: {mount_support()}")]
@@ -55,11 +56,11 @@ def test_two_deployments_share_one_export(lab: RunningLab, clients: kube.Clients
             return "skip: " + missing
         return view.read(namespace)
 
-    result = wait_for(outcome, "the reader's log", timeout=60)
+    result = wait_for(outcome, timeout=60, what="the reader's log")
     if result.startswith("skip: "):
         pytest.skip(f"the session lab's Kubelet has no {kind} plugin registered yet ({result[6:]})")
     writer = view.pod_of(namespace, "writer").metadata.name
     assert f"read: written by {writer}" in result
     assert (server.export_dir / "volumes" / namespace / "message.txt").read_text() == f"written by {writer}\n"
     clients.core.delete_namespace(namespace)
-    wait_for(lambda: not clients.core.list_namespaced_pod(namespace).items, "the pods to be deleted")
+    wait_for(lambda: not clients.core.list_namespaced_pod(namespace).items, timeout=45, what="the pods to be deleted")
