@@ -190,9 +190,13 @@ def test_config_map_update_is_atomic_and_visible(env: Env) -> None:
     assert user_files(root) == {"keep": (b"2", 0o644), "new": (b"y", 0o644)}
     assert os.readlink(root / "keep") == "..data/keep"
     second = os.readlink(root / "..data")
-    assert second != first and not (root / first).exists(), "the old version is removed after the swap"
+    assert second != first and (root / first).exists(), "the previous version stays until the next update"
     env.run(env.manager.refresh(pod, env.pod_dir))
     assert os.readlink(root / "..data") == second, "an unchanged object writes nothing"
+    env.update("configmaps", {**cm, "data": {"keep": "3"}})
+    env.run(env.manager.refresh(pod, env.pod_dir))
+    assert user_files(root) == {"keep": (b"3", 0o644)}
+    assert not (root / first).exists() and (root / second).exists(), "versions older than the previous one go"
 
 
 def test_readers_never_see_a_partial_update(tmp_path: Path) -> None:

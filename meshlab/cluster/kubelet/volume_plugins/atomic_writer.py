@@ -5,7 +5,9 @@ hidden timestamped directory ``..2025_01_31_12_00_00.123456789`` and points ``..
 every user-visible name is a symlink through ``..data`` (``key -> ..data/key``). An update writes a new
 timestamped directory, makes a symlink ``..data_tmp`` to it and renames that over ``..data`` — rename(2) is
 atomic, so a reader opening ``key`` gets the whole old file or the whole new one, never a mix — then adds
-symlinks for new names, removes those of vanished ones and deletes the old directory. A file bind-mounted by
+symlinks for new names, removes those of vanished ones and deletes the directories older than the previous
+version (kept one update longer than the kubelet does, so a reader that resolved ``..data`` just before the
+swap still finds its file). A file bind-mounted by
 ``subPath`` pins the old version (in Kubernetes too: subPath mounts do not receive updates).
 """
 
@@ -103,6 +105,11 @@ def write(target: Path, payload: Mapping[str, FileProjection], *, now: float | N
         if (not entry.name.startswith("..") and entry.name not in visible and entry.is_symlink()
                 and os.readlink(entry).startswith(f"{DATA}/")):
             entry.unlink()
-    if old and old != version.name:
-        shutil.rmtree(target / old, ignore_errors=True)
+    # The previous version stays until the next update: a reader that resolved ``..data`` to it an instant
+    # before the rename still finds its file (the real kubelet deletes it at once, and such a reader gets
+    # ENOENT). Older versions go.
+    for entry in target.iterdir():
+        if (entry.name.startswith("..") and entry.name not in (DATA, DATA_TMP, version.name, old)
+                and entry.is_dir() and not entry.is_symlink()):
+            shutil.rmtree(entry, ignore_errors=True)
     return True
