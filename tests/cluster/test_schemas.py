@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -560,20 +559,7 @@ def test_mutated_manifests_only_raise_api_errors(target: tuple[int, tuple[Any, .
         assert 400 <= err.code < 500
 
 
-def test_schemas_load_once_and_quickly() -> None:
+def test_schemas_load_once() -> None:
     fresh = Schemas()
-    started = time.perf_counter()
     assert fresh.definition_name("apps", "v1", "Deployment") == "io.k8s.api.apps.v1.Deployment"
-    elapsed = time.perf_counter() - started
-    assert fresh.defs is fresh.defs
-    assert elapsed < 0.5, f"loading the schemas took {elapsed * 1000:.0f} ms"
-
-
-def test_prepare_of_a_deployment_is_fast() -> None:
-    rt = rt_of("apps/v1", "Deployment")
-    prepare(SCHEMAS, rt, DEPLOYMENT)
-    started = time.perf_counter()
-    for _ in range(50):
-        prepare(SCHEMAS, rt, DEPLOYMENT)
-    per_call = (time.perf_counter() - started) / 50
-    assert per_call < 0.01, f"prepare took {per_call * 1000:.2f} ms"
+    assert fresh.defs is fresh.defs  # (how long loading and prepare() take: python -m benchmarks --only apiserver)
