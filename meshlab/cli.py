@@ -68,6 +68,15 @@ def _mesh(args: argparse.Namespace) -> int:
             for name in installing.uninstall(lab, purge=args.purge, timeout=args.timeout):
                 print(f"{name} deleted")
             return 0
+        if args.action in ("top", "stat"):
+            from meshlab import telemetry
+            from meshlab.telemetry.table import format_stat, format_top
+
+            if args.action == "top":
+                print(format_top(telemetry.graph(lab, namespace=args.namespace, window=args.window)))
+            else:
+                print(format_stat(telemetry.golden_signals(lab, namespace=args.namespace, window=args.window)))
+            return 0
         if args.action == "proxy-status":
             print(installing.format_table(installing.proxy_status(lab)))
             return 0
@@ -166,13 +175,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          help="cluster to watch (default: the pod's service account, else $KUBECONFIG)")
     pilot_p.set_defaults(func=_pilot)
     mesh = sub.add_parser("mesh", help="install, remove or inspect the mesh control plane (like istioctl)")
-    mesh.add_argument("action", choices=["install", "uninstall", "status", "proxy-status"])
+    mesh.add_argument("action", choices=["install", "uninstall", "status", "proxy-status", "top", "stat"])
     mesh.add_argument("--kubeconfig", type=Path, default=None, help="cluster (default: the running embedded lab)")
     mesh.add_argument("--timeout", type=float, default=60, help="seconds to wait for istiod (default 60)")
     mesh.add_argument("--purge", action="store_true", help="uninstall: also delete the CRDs and every VS/DR")
     mesh.add_argument("--trust-domain", default="", help="install: the SPIFFE trust domain (default cluster.local)")
     mesh.add_argument("--workload-cert-ttl", default="",
                       help="install: lifetime of workload certificates, e.g. 60s to watch rotation (default 24h)")
+    mesh.add_argument("--namespace", "-n", default=None, help="top/stat: only this namespace (default: all)")
+    mesh.add_argument("--window", type=float, default=10.0, help="top/stat: seconds between two scrapes (default 10)")
     mesh.set_defaults(func=_mesh)
     inject = sub.add_parser("inject", help="add sidecars to a manifest's pods, like istioctl kube-inject")
     inject.add_argument("-f", "--filename", required=True, help="the manifest (YAML; - for stdin)")
