@@ -91,6 +91,34 @@ TRUST_DOMAIN = "cluster.local"
 ROOT_NAMESPACE = "istio-system"
 
 
+#: Where sidecars find Mixer in the ``classic`` telemetry profile (Istio 1.0-1.4's ``istio-telemetry`` /
+#: ``istio-policy`` listened on gRPC port 9091; meshlab runs one ``istio-mixer`` for both roles).
+MIXER_ADDRESS = "istio-mixer.istio-system.svc:9091"
+TELEMETRY_PROFILES = ("modern", "classic")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """The mesh config's telemetry keys: ``telemetryProfile`` (``modern``: in-proxy ``istio.stats``;
+    ``classic``: the ``mixer`` filter calling Mixer's Check and Report), ``mixerAddress`` and
+    ``policyCheckFailOpen`` (what a proxy does when Mixer cannot be reached: let the request through, or refuse
+    it). Istio's mesh config defaulted ``policyCheckFailOpen`` to false (fail closed); so does meshlab."""
+
+    profile: str = "modern"
+    mixer_address: str = MIXER_ADDRESS
+    fail_open: bool = False
+
+
+def telemetry_from_mesh(data: Mapping[str, str] | None) -> TelemetrySettings:
+    """The telemetry settings in the ``meshlab-mesh`` ConfigMap's ``data`` (defaults where absent or unknown)."""
+    data = data or {}
+    profile = str(data.get("telemetryProfile") or "modern")
+    return TelemetrySettings(
+        profile=profile if profile in TELEMETRY_PROFILES else "modern",
+        mixer_address=str(data.get("mixerAddress") or MIXER_ADDRESS),
+        fail_open=str(data.get("policyCheckFailOpen") or "false").strip().lower() == "true")
+
+
 @dataclass(frozen=True)
 class MeshState:
     """Everything translation reads. ``endpoints`` is keyed by ``(namespace, service name)``."""
@@ -103,6 +131,7 @@ class MeshState:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     trust_domain: str = TRUST_DOMAIN
     root_namespace: str = ROOT_NAMESPACE
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def service(self, host: str) -> Service | None:
         """The Service whose FQDN is ``host``."""

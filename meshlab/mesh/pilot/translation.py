@@ -32,7 +32,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from meshlab.errors import XdsError
-from meshlab.mesh.pilot import authz, security
+from meshlab.mesh.pilot import authz, mixer_filter, security, stats_filter
 from meshlab.mesh.pilot.model import Endpoint, MeshState, Service, parse_duration
 from meshlab.mesh.pilot.routes import FAULT_FILTER, default_route, duration, http_routes
 from meshlab.mesh.pilot.snapshot import Snapshot
@@ -99,7 +99,8 @@ def translate(state: MeshState, proxy: ProxyIdentity) -> Snapshot:
             virtual_hosts.append(rc.VirtualHost(name=f"{service.fqdn}:{port}", domains=_domains(service, port, proxy),
                                                 routes=routes))
     resources.append(route_pb2.RouteConfiguration(name=OUTBOUND_ROUTE, virtual_hosts=virtual_hosts))
-    resources.append(_listener(OUTBOUND_LISTENER, OUTBOUND_PORT, [(None, OUTBOUND_ROUTE)]))
+    resources.append(_listener(OUTBOUND_LISTENER, OUTBOUND_PORT, [(None, OUTBOUND_ROUTE)],
+                               _telemetry(state, proxy, "outbound")))
     inbound, inbound_problems = _inbound(state, proxy)
     return Snapshot.of([*resources, *inbound], [*problems, *inbound_problems])
 
@@ -183,25 +184,35 @@ def _assignment(cluster: str, members: Iterable[tuple[str, int | None, Mapping[s
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster, endpoints=[locality])
 
 
-def _http_filter(route_name: str, first: Iterable[hcm_pb2.HttpFilter] = ()) -> listener_components_pb2.Filter:
-    """The HTTP connection manager (RDS ``route_name``): ``first`` (RBAC), then fault, then router."""
+def _telemetry(state: MeshState, proxy: ProxyIdentity, direction: stats_filter.Direction
+               ) -> list[hcm_pb2.HttpFilter]:
+    """The telemetry filters of one HTTP connection manager: ``istio.stats`` (modern) or ``mixer`` (classic);
+    each module returns none unless the mesh config's profile is its own."""
+    return [*stats_filter.filters(state, proxy, direction), *mixer_filter.filters(state, proxy, direction)]
+
+
+def _http_filter(route_name: str, first: Iterable[hcm_pb2.HttpFilter] = (),
+                 telemetry: Iterable[hcm_pb2.HttpFilter] = ()) -> listener_components_pb2.Filter:
+    """The HTTP connection manager (RDS ``route_name``): ``first`` (RBAC), telemetry, then fault, then router."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=route_name, codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(route_config_name=route_name, config_source=_ads()),
         http_filters=[
             *first,
+            *telemetry,
             hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())),
             hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
         ])
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm))
 
 
-def _listener(name: str, port: int, chains: list[tuple[int | None, str]]) -> listener_pb2.Listener:
+def _listener(name: str, port: int, chains: list[tuple[int | None, str]],
+              telemetry: Iterable[hcm_pb2.HttpFilter] = ()) -> listener_pb2.Listener:
     """A listener on 0.0.0.0:``port`` with one HTTP filter chain per (destination port or None, route name)."""
     listener = listener_pb2.Listener(name=name)
     listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=port))
     for destination_port, route_name in chains:
-        chain = listener_components_pb2.FilterChain(filters=[_http_filter(route_name)])
+        chain = listener_components_pb2.FilterChain(filters=[_http_filter(route_name, telemetry=telemetry)])
         if destination_port is not None:
             chain.filter_chain_match.destination_port.value = destination_port
         listener.filter_chains.append(chain)
@@ -228,6 +239,7 @@ def _inbound(state: MeshState, proxy: ProxyIdentity) -> tuple[list[Message], lis
         # a DENY policy it cannot build: it denies everything).
         problems.append(XdsError(f"{err}; inbound traffic to {proxy.node_id} denied"))
         rbac = authz.deny_all()
+    telemetry = _telemetry(state, proxy, "inbound")
     listener = listener_pb2.Listener(name=INBOUND_LISTENER, listener_filters=[security.tls_inspector()])
     listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=INBOUND_PORT))
     for port in ports:
@@ -240,7 +252,7 @@ def _inbound(state: MeshState, proxy: ProxyIdentity) -> tuple[list[Message], lis
             routes=[rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)])]))
         mode = security.mtls_mode(state, proxy.namespace, proxy.labels, port)
         listener.filter_chains.extend(security.inbound_chains(port, mode, state.trust_domain,
-                                                              [_http_filter(inbound_route(port), rbac)]))
+                                                              [_http_filter(inbound_route(port), rbac, telemetry)]))
     resources.append(listener)
     return resources, problems
 

@@ -1,4 +1,4 @@
-"""Pilot's view of the cluster: list-then-watch seven kinds, rebuild ``MeshState``, debounce, publish.
+"""Pilot's view of the cluster: list-then-watch eight kinds, rebuild ``MeshState``, debounce, publish.
 
 A controller keeps a cache in step with the API server by the list-watch protocol
 (https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes): LIST returns
@@ -8,7 +8,8 @@ ends with ``410 Gone`` and the client must LIST again and replace its cache. Pil
 EndpointSlices (which pod IPs serve a Service, on which target ports, ready or not), Pods (their labels, which
 DestinationRule subsets select, their service account and sidecar), ``networking.istio.io/v1``
 VirtualServices and DestinationRules, and ``security.istio.io/v1`` PeerAuthentications and
-AuthorizationPolicies (absent CRDs count as empty), as istiod's kube registry and config controller do.
+AuthorizationPolicies (absent CRDs count as empty), and the mesh config ConfigMap (its telemetry profile), as
+istiod's kube registry and config controller do.
 Changes come in bursts (a rollout touches pods, slices and endpoints within milliseconds), so, like
 istiod's ``PILOT_DEBOUNCE_AFTER`` (100 ms) and ``PILOT_DEBOUNCE_MAX`` (10 s here 1 s), Pilot waits
 for a quiet moment before translating and pushing. The core is pure — :class:`Cache` applies list results
@@ -32,6 +33,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from meshlab.mesh.injection import MESH_CONFIGMAP
 from meshlab.mesh.pilot.model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -41,6 +43,7 @@ from meshlab.mesh.pilot.model import (
     Service,
     ServicePort,
     VirtualService,
+    telemetry_from_mesh,
 )
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,10 @@ VIRTUAL_SERVICES = Kind("VirtualService", "networking.istio.io", "v1", "virtuals
 DESTINATION_RULES = Kind("DestinationRule", "networking.istio.io", "v1", "destinationrules")
 PEER_AUTHENTICATIONS = Kind("PeerAuthentication", "security.istio.io", "v1", "peerauthentications")
 AUTHORIZATION_POLICIES = Kind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies")
+#: Only ``istio-system/meshlab-mesh`` (the mesh config: its telemetry profile changes what Pilot pushes).
+MESH_CONFIG = Kind("ConfigMap", "", "v1", "configmaps")
 WATCHED: tuple[Kind, ...] = (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, DESTINATION_RULES,
-                             PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES)
+                             PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES, MESH_CONFIG)
 #: Kinds whose CRD may not be installed: a 404 on LIST counts as "none of them" (istiod skips absent CRDs too).
 OPTIONAL: frozenset[Kind] = frozenset({PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES})
 
@@ -79,6 +84,8 @@ OPTIONAL: frozenset[Kind] = frozenset({PEER_AUTHENTICATIONS, AUTHORIZATION_POLIC
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 SIDECAR_CONTAINER = "istio-proxy"
 SIDECAR_STATUS = "sidecar.istio.io/status"
+
+MESH_NAMESPACE = "istio-system"
 
 #: The label the EndpointSlice controller puts on every slice: the Service it belongs to.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -132,6 +139,8 @@ def state_from(objects: Objects, *, trust_domain: str = "cluster.local") -> Mesh
         authorization_policies=tuple(AuthorizationPolicy(name, ns, dict(o.get("spec") or {}))
                                      for (ns, name), o in sorted(objects.get(AUTHORIZATION_POLICIES, {}).items())),
         trust_domain=trust_domain,
+        telemetry=telemetry_from_mesh(
+            (objects.get(MESH_CONFIG, {}).get((MESH_NAMESPACE, MESH_CONFIGMAP)) or {}).get("data")),
     )
 
 
@@ -297,6 +306,15 @@ class Watcher:
             return client.CoreV1Api(self._api).list_pod_for_all_namespaces
         if kind is ENDPOINT_SLICES:
             return client.DiscoveryV1Api(self._api).list_endpoint_slice_for_all_namespaces
+        if kind is MESH_CONFIG:
+            core = client.CoreV1Api(self._api)
+
+            def list_mesh_config(**kwargs: Any) -> Any:
+                return core.list_namespaced_config_map(MESH_NAMESPACE, field_selector=f"metadata.name={MESH_CONFIGMAP}",
+                                                       **kwargs)
+
+            list_mesh_config.__doc__ = core.list_namespaced_config_map.__doc__
+            return list_mesh_config
         custom = client.CustomObjectsApi(self._api)
 
         def list_custom(**kwargs: Any) -> Any:

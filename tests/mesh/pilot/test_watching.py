@@ -11,6 +11,7 @@ from meshlab.mesh.pilot.watching import (
     AUTHORIZATION_POLICIES,
     DESTINATION_RULES,
     ENDPOINT_SLICES,
+    MESH_CONFIG,
     PEER_AUTHENTICATIONS,
     PODS,
     SERVICES,
@@ -159,7 +160,8 @@ def test_cache_applies_watch_events(steps: list[tuple[str, str, str]], changed: 
 
 def test_cache_is_synced_once_every_kind_was_listed_and_a_relist_replaces() -> None:
     cache = Cache()
-    for kind in (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES):
+    for kind in (SERVICES, ENDPOINT_SLICES, PODS, VIRTUAL_SERVICES, PEER_AUTHENTICATIONS, AUTHORIZATION_POLICIES,
+                 MESH_CONFIG):
         cache.replace(kind, [])
     assert not cache.synced
     assert cache.replace(DESTINATION_RULES, [])  # first list counts as a change, even when empty
