@@ -101,11 +101,19 @@ class Graph:
     edges: tuple[Edge, ...]
     unreachable: tuple[tuple[str, str], ...] = ()  # (target, error) of proxies that did not answer
     no_data: NoData | None = None
+    # The same traffic by destination *service* (Kiali's service nodes): a request a VirtualService fault
+    # aborted in the client's sidecar reached no workload, so only this view puts it beside the others.
+    service_edges: tuple[Edge, ...] = ()
 
     def edge(self, source: str, destination: str) -> Edge | None:
         """The edge between two workload names (any namespace), or None."""
         return next((e for e in self.edges if e.source.workload == source
                      and e.destination.workload == destination), None)
+
+    def service_edge(self, source: str, service: str) -> Edge | None:
+        """All requests from workload ``source`` to ``service`` (short name), whichever workload answered."""
+        return next((e for e in self.service_edges if e.source.workload == source
+                     and e.destination.workload == service), None)
 
     def __repr__(self) -> str:
         lines = [f"Graph(window={self.window:.1f}s, {len(self.nodes)} nodes, {len(self.edges)} edges"
@@ -184,16 +192,28 @@ def _node(labels: Mapping[str, str], side: str, versions: Mapping[tuple[str, str
     return Node(namespace, workload, version)
 
 
-def _tallies(delta: Mapping[SeriesKey, float], versions: Mapping[tuple[str, str], str]
-             ) -> dict[tuple[str, Node, Node], _Tally]:
-    """(reporter, source, destination) → counts, successes, mTLS count and latency buckets."""
+def _service(labels: Mapping[str, str]) -> Node | None:
+    name = labels.get("destination_service_name", UNKNOWN)
+    if name == UNKNOWN:
+        name = labels.get("destination_service", UNKNOWN).split(".")[0]
+    namespace = labels.get("destination_service_namespace", UNKNOWN)
+    if namespace == UNKNOWN:
+        namespace = labels.get("destination_workload_namespace", UNKNOWN)
+    return None if name == UNKNOWN else Node(namespace, name)
+
+
+def _tallies(delta: Mapping[SeriesKey, float], versions: Mapping[tuple[str, str], str], *,
+             by_service: bool = False) -> dict[tuple[str, Node, Node], _Tally]:
+    """(reporter, source, destination) → counts, successes, mTLS count and latency buckets; the destination
+    is the service (``by_service``) or the workload that answered."""
     tallies: dict[tuple[str, Node, Node], _Tally] = defaultdict(_Tally)
     for (name, pairs), value in delta.items():
         if name not in (REQUESTS, DURATION_BUCKET):
             continue
         labels = dict(pairs)
+        destination = _service(labels) if by_service else None
         key = (labels.get("reporter", ""), _node(labels, "source", versions),
-               _node(labels, "destination", versions))
+               destination or _node(labels, "destination", versions))
         tally = tallies[key]
         if name == REQUESTS:
             tally.requests += value
@@ -224,7 +244,16 @@ def build_graph(before: Sequence[Scrape], after: Sequence[Scrape], *, window: fl
     """The service graph of the window between two scrape rounds (``versions``: (namespace, workload) →
     version label, from the pods, for reports that carry no version; ``namespace``: keep edges touching it)."""
     delta, failed = window_increase(before, after)
-    tallies = _tallies(delta, versions or {})
+    edges = _edges(_tallies(delta, versions or {}), window, namespace)
+    services = _edges(_tallies(delta, versions or {}, by_service=True), window, namespace)
+    nodes = tuple(sorted({n for e in edges for n in (e.source, e.destination)}))
+    reason = _reason(len(after), failed, window, bool(edges))
+    if reason is not None and reason.reason == WINDOW_TOO_SHORT:
+        edges, services, nodes = [], [], ()
+    return Graph(window, nodes, tuple(edges), tuple(failed), reason, tuple(services))
+
+
+def _edges(tallies: Mapping[tuple[str, Node, Node], _Tally], window: float, namespace: str | None) -> list[Edge]:
     pairs: dict[tuple[Node, Node], dict[str, _Tally]] = defaultdict(dict)
     for (reporter, src, dst), tally in tallies.items():
         if tally.requests > 0 and (namespace is None or namespace in (src.namespace, dst.namespace)):
@@ -235,11 +264,7 @@ def build_graph(before: Sequence[Scrape], after: Sequence[Scrape], *, window: fl
         server = by_reporter.get("destination")
         share = server.mtls / server.requests if server is not None and server.requests else None
         edges.append(Edge(src, dst, by_reporter[reporter].signals(window), share, reporter))
-    nodes = tuple(sorted({n for e in edges for n in (e.source, e.destination)}))
-    reason = _reason(len(after), failed, window, bool(edges))
-    if reason is not None and reason.reason == WINDOW_TOO_SHORT:
-        edges, nodes = [], ()
-    return Graph(window, nodes, tuple(edges), tuple(failed), reason)
+    return edges
 
 
 def workload_signals(before: Sequence[Scrape], after: Sequence[Scrape], *, window: float,

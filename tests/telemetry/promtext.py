@@ -20,12 +20,18 @@ class Row(NamedTuple):
     ms: float = 3.0
     n: int = 1
     namespace: str = "shop"
+    service: str = ""  # default: the workload's name before its first dash
+
+
+def _service(row: Row) -> str:
+    return row.service or row.destination.split("-")[0]
 
 
 def _labels(row: Row) -> dict[str, str]:
     return {"reporter": row.reporter, "source_workload": row.source, "source_workload_namespace": row.namespace,
             "destination_workload": row.destination, "destination_workload_namespace": row.namespace,
-            "destination_service": f"{row.destination.split('-')[0]}.{row.namespace}.svc.cluster.local",
+            "destination_service": f"{_service(row)}.{row.namespace}.svc.cluster.local",
+            "destination_service_name": _service(row), "destination_service_namespace": row.namespace,
             "request_protocol": "http", "response_code": str(row.code), "response_flags": "-",
             "connection_security_policy": "mutual_tls" if row.mtls else "none"}
 

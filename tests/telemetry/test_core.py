@@ -90,6 +90,20 @@ def test_edge_reporter_choice_and_mtls_share(rows: list[Row], success: float, sh
     assert (edge.signals.success, edge.mtls_share, edge.reporter) == (pytest.approx(success), share, reporter)
 
 
+def test_aborts_injected_at_the_client_show_on_the_service_edge() -> None:
+    # A VirtualService abort answers 500 in reviews' sidecar: no workload answered, only the service is known.
+    rows = [Row(SRC, R2, "ratings-v1", n=48), Row(SRC, R2, "unknown", code=500, n=52, service="ratings"),
+            Row(DST, R2, "ratings-v1", n=48)]
+    graph = g.build_graph(scrapes(0, a=[]), scrapes(10, a=rows), window=10.0)
+    edge = graph.service_edge(R2, "ratings")
+    assert edge is not None and edge.signals.requests == 100 and edge.signals.success == pytest.approx(0.48)
+    assert edge.mtls_share == 1.0
+    answered = graph.edge(R2, "ratings-v1")
+    assert answered is not None and answered.signals.success == 1.0
+    aborted = graph.edge(R2, "ratings")
+    assert aborted is not None and aborted.signals.success == 0.0 and aborted.mtls_share is None
+
+
 def test_graph_nodes_and_edges_carry_versions() -> None:
     after = scrapes(10, p=[Row(SRC, P, R1), Row(SRC, P, R2)], r1=[Row(DST, P, R1)], r2=[Row(DST, P, R2)])
     graph = g.build_graph(scrapes(0, p=[], r1=[], r2=[]), after, window=10.0,
