@@ -31,6 +31,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format
+from xds.type.v3 import typed_struct_pb2
 
 from meshlab.mesh.proxy.config import ConfigUpdate
 from meshlab.mesh.proxy.xds_client import AdsSession
@@ -40,7 +41,7 @@ from meshlab.mesh.xds import resources as xds
 # (the router and fault filters, Istio's previous-hosts retry predicate, the clusters' HTTP protocol options)
 # must be imported here, even those the proxy never decodes, or /config_dump fails.
 DUMPED_EXTENSIONS = (fault_pb2, router_pb2, previous_hosts_pb2, http_protocol_options_pb2, rbac_pb2, tls_inspector_pb2,
-                     raw_buffer_pb2, tls_pb2)
+                     raw_buffer_pb2, tls_pb2, typed_struct_pb2)  # TypedStruct: istio.stats, mixer
 #: Envoy prints private keys in a config dump as this.
 REDACTED = b"[redacted]"
 

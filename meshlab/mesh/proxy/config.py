@@ -23,6 +23,7 @@ from meshlab.mesh.xds import resources as xds
 
 if TYPE_CHECKING:  # rbac imports this module's matchers
     from meshlab.mesh.proxy.rbac import RbacFilter
+    from meshlab.mesh.proxy.stats_decoding import StatsConfig
 
 # The type URLs Pilot and the proxy share (meshlab.mesh.xds.resources), under the names this package uses.
 CLUSTER_TYPE = xds.CLUSTER
@@ -201,6 +202,7 @@ class FilterChain:
     fault_filter: bool = False
     rbac: tuple[RbacFilter, ...] = ()
     name: str = ""
+    stats: StatsConfig | None = None  # the istio.stats filter (in-proxy metrics) is in the chain
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ _HTTP_FILTER_TYPES = {
     FAULT_FILTER: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
     ROUTER_FILTER: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
     RBAC_FILTER: "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+    "istio.stats": "type.googleapis.com/xds.type.v3.TypedStruct",  # decoded by stats_decoding
 }
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _RETRY_ON = frozenset(
@@ -303,6 +304,7 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
         raise ResourceError(f"{where}: {HCM_FILTER} config is not an HttpConnectionManager")
     names = [f.name for f in hcm.http_filters]
     rbac_filters = []
+    stats = None
     for f in hcm.http_filters:
         if f.name not in _HTTP_FILTER_TYPES:
             raise ResourceError(f'{where}: unsupported HTTP filter "{f.name}"')
@@ -312,6 +314,10 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
             if names.index(FAULT_FILTER if FAULT_FILTER in names else ROUTER_FILTER) < names.index(f.name):
                 raise ResourceError(f"{where}: {RBAC_FILTER} must come before the fault and router filters")
             rbac_filters.append(sec.rbac_http_filter(f.typed_config, f'{where} HTTP filter "{f.name}"'))
+        if f.name == "istio.stats":
+            from meshlab.mesh.proxy.stats_decoding import decode_stats_filter  # it imports this module
+
+            stats = decode_stats_filter(f.typed_config, f'{where} HTTP filter "{f.name}"')
     if not names or names[-1] != ROUTER_FILTER or names.count(ROUTER_FILTER) != 1:
         raise ResourceError(f"{where}: the HTTP filter chain must end with {ROUTER_FILTER} (and hold it once)")
     route_source = hcm.WhichOneof("route_specifier")
@@ -322,7 +328,7 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
     else:
         raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
     return c.FilterChain(port, transport, tls, rds_name, inline, FAULT_FILTER in names, tuple(rbac_filters),
-                         chain.name)
+                         chain.name, stats=stats)
 
 
 def _endpoint(lb: endpoint_pb2.LbEndpoint, where: str) -> c.Endpoint:

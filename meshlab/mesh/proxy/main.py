@@ -226,6 +226,9 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
 
         settings = replace(settings, require_certificate=True)
     sidecar = Sidecar(settings)
+    from meshlab.mesh.proxy.stats_plugin import start_telemetry
+
+    stop_telemetry = await start_telemetry(sidecar, identity, env if env is not None else os.environ, resolve)
     identity_task: asyncio.Task[Any] | None = None
     if provider is not None:
         sidecar.tls.follow(provider)  # takes the first certificate and every rotation
@@ -247,6 +250,7 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
         ads.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ads
+        await stop_telemetry()
         if provider is not None:
             assert identity_task is not None
             identity_task.cancel()

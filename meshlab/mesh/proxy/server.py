@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import any_pb2
 
@@ -62,6 +62,9 @@ from meshlab.mesh.proxy.routing import RequestHead, route_request
 from meshlab.mesh.proxy.tls import WorkloadTls, describe
 from meshlab.mesh.proxy.upstream import AttemptResult, ClusterState
 from meshlab.mesh.xds import resources as xds
+
+if TYPE_CHECKING:
+    from meshlab.mesh.proxy.stats_plugin import StatsPlugin
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class Sidecar(InboundSecurity):
     tls: WorkloadTls = field(default_factory=WorkloadTls)  # the workload certificate's contexts (none: no CA)
     records: deque[AccessRecord] = field(default_factory=lambda: deque(maxlen=RECORDS_KEPT))
     on_record: list[Callable[[AccessRecord], None]] = field(default_factory=list)
+    telemetry: StatsPlugin | None = None  # peer metadata, istio_* metrics, spans (set by main)
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -307,6 +311,9 @@ class Sidecar(InboundSecurity):
         headers = [(k, v) for k, v in http1.forwardable(request.headers) if k.lower() != "host"]
         headers_t, request_id = ensure_request_id(headers)
         headers = list(headers_t)
+        exchange = None
+        if self.telemetry is not None:
+            headers, exchange = self.telemetry.on_request(headers, inbound=listener.name != xds.OUTBOUND_LISTENER)
         record = AccessRecord(started_at, request.method, path, request.version, bytes_received=len(request.body),
                               x_forwarded_for=request.header("x-forwarded-for"),
                               user_agent=request.header("user-agent"),
@@ -324,6 +331,8 @@ class Sidecar(InboundSecurity):
         self.stats[f"downstream_rq_{response.status // 100}xx"] += 1
         record = replace(record, response_code=response.status, bytes_sent=len(response.body),
                          duration=time.monotonic() - start)
+        if self.telemetry is not None and exchange is not None:
+            response.headers = self.telemetry.on_response(exchange, record, response.headers)
         self.log_line(format_line(record))
         self.records.append(record)
         for callback in self.on_record:
