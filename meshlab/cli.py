@@ -215,6 +215,7 @@ _EXTENSIONS = (
     "meshlab.storage.csi.commands",         # meshlab csi-driver, meshlab csi-registrar, meshlab csi-provisioner
     "meshlab.storage.commands",             # meshlab storage install|uninstall|status
     "meshlab.mesh.citadel.commands",        # meshlab citadel
+    "meshlab.mesh.tracing.commands",        # meshlab tracing-collector (the zipkin Deployment)
 )
 
 

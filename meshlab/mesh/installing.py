@@ -41,6 +41,7 @@ PILOT = MANIFESTS / "pilot.yaml"
 PILOT_RBAC = MANIFESTS / "pilot-rbac.yaml"
 CITADEL = MANIFESTS / "citadel.yaml"
 CITADEL_RBAC = MANIFESTS / "citadel-rbac.yaml"
+ZIPKIN = MANIFESTS / "zipkin.yaml"  # the trace collector (meshlab tracing-collector), Service zipkin:9411
 CITADEL_NAME = "istio-citadel"
 NAMESPACE = "istio-system"
 ISTIOD = "istiod"
@@ -93,16 +94,17 @@ def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None,
     applied += lab.apply([*pilot[:at], config, *pilot[at:]])
     if serves_rbac(lab):
         applied += lab.apply(PILOT_RBAC.read_text()) + lab.apply(CITADEL_RBAC.read_text())
-    applied += lab.apply(CITADEL.read_text())
+    applied += lab.apply(CITADEL.read_text()) + lab.apply(ZIPKIN.read_text())
     lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)
     lab.wait_ready("deployment", CITADEL_NAME, namespace=NAMESPACE, timeout=timeout)
+    lab.wait_ready("deployment", "zipkin", namespace=NAMESPACE, timeout=timeout)
     return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
 
 
 def uninstall(lab: Lab, *, purge: bool = False, timeout: float = 60) -> list[str]:
     """Remove the control plane (its namespace, and its RBAC where served) and wait until the namespace is
     gone; with ``purge`` also the CRDs — which deletes every VirtualService and DestinationRule."""
-    deleted = lab.delete(CITADEL.read_text()) + lab.delete(PILOT.read_text())
+    deleted = lab.delete(ZIPKIN.read_text()) + lab.delete(CITADEL.read_text()) + lab.delete(PILOT.read_text())
     if serves_rbac(lab):
         deleted += lab.delete(PILOT_RBAC.read_text()) + lab.delete(CITADEL_RBAC.read_text())
     if purge:
