@@ -216,6 +216,7 @@ _EXTENSIONS = (
     "meshlab.storage.commands",             # meshlab storage install|uninstall|status
     "meshlab.mesh.citadel.commands",        # meshlab citadel
     "meshlab.mesh.tracing.commands",        # meshlab tracing-collector (the zipkin Deployment)
+    "meshlab.mesh.mixer.commands",          # meshlab mixer (the istio-mixer Deployment, classic profile)
 )
 
 

@@ -1,0 +1,1 @@
+"""Mixer: the classic-profile policy and telemetry service (see :mod:`meshlab.mesh.mixer.core`)."""
