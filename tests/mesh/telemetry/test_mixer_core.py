@@ -79,9 +79,9 @@ def test_malformed_policies_are_refused(text: str) -> None:
 
 def test_reports_become_istio_metrics_that_prometheus_parses() -> None:
     mixer = Mixer()
-    inbound = bag(**{"context.reporter.kind": "inbound", "response.code": 200, "response.duration": 0.012,
-                     "connection.mtls": True, "source.principal": "spiffe://cluster.local/ns/bookstore/sa/pp",
-                     "destination.labels.version": "v1", "request.total_size": 0, "response.total_size": 120})
+    inbound = {**bag(), "context.reporter.kind": "inbound", "response.code": 200, "response.duration": 0.012,
+               "connection.mtls": True, "source.principal": "spiffe://cluster.local/ns/bookstore/sa/pp",
+               "destination.labels.version": "v1", "request.total_size": 0, "response.total_size": 120}
     outbound = {**inbound, "context.reporter.kind": "outbound", "response.code": 503}
     mixer.report([inbound, inbound, outbound])
     families = {f.name: f for f in text_string_to_metric_families(mixer.metrics.render())}
