@@ -160,13 +160,27 @@ def test_stats_filter_config_the_proxy_cannot_honour_is_refused(config: object, 
 
 
 @pytest.mark.parametrize(("profile", "has_stats"), [("modern", True), ("classic", False)])
-def test_the_outbound_listener_pilot_sends_decodes_with_or_without_stats(profile: str, has_stats: bool) -> None:
+def test_every_connection_manager_carries_istio_stats_in_the_modern_profile(profile: str, has_stats: bool) -> None:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    from meshlab.mesh.pilot.translation import translate
+    from meshlab.mesh.xds.resources import LISTENER
+
+    state = MeshState(telemetry=TelemetrySettings(profile=profile))
+    snapshot = translate(state, ProxyIdentity(ip="127.0.0.5", pod="p", namespace="default"))
+    for listener in snapshot.resources[LISTENER]:
+        for chain in listener.filter_chains:
+            hcm = hcm_pb2.HttpConnectionManager()
+            chain.filters[0].typed_config.Unpack(hcm)
+            assert ("istio.stats" in [f.name for f in hcm.http_filters]) is has_stats
+
+
+def test_the_proxy_decodes_the_modern_outbound_listener() -> None:
     from meshlab.mesh.pilot.translation import translate
     from meshlab.mesh.proxy.decoding import decode_listener
     from meshlab.mesh.xds.resources import LISTENER, OUTBOUND_LISTENER
 
-    state = MeshState(telemetry=TelemetrySettings(profile=profile))
-    snapshot = translate(state, ProxyIdentity(ip="127.0.0.5", pod="p", namespace="default"))
+    snapshot = translate(MeshState(), ProxyIdentity(ip="127.0.0.5", pod="p", namespace="default"))
     (listener,) = [m for m in snapshot.resources[LISTENER] if m.name == OUTBOUND_LISTENER]
     _, decoded = decode_listener(listener)
-    assert (decoded.chains[0].stats is not None) is has_stats
+    assert decoded.chains[0].stats is not None
