@@ -1,0 +1,144 @@
+"""Aggregated telemetry of the bookstore under generated load, in the embedded lab.
+
+The load starts inside the mesh: ``meshlab.mesh.load.run_load`` exec'd in the ``sleep`` client pod (whose
+``HTTP_PROXY`` is its sidecar), so every request crosses two sidecars and both report it. Each test brackets
+one load run with two scrape rounds (``meshlab.telemetry.scrape_window``) and checks what a dashboard would
+show against what the load generator itself counted: the graph's nodes and edges, request counts within 5 %,
+a 50 % abort as ~50 % success, a delay in p99, and the mTLS share with and without a DISABLE
+PeerAuthentication. The mesh fixture (bookstore, httpbin, sleep) is the traffic-management tasks' one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from meshlab import cli, telemetry
+from meshlab.telemetry import Graph
+from tests.mesh import test_tasks_lab as tasks
+
+pytestmark = pytest.mark.slow
+
+mesh = tasks.mesh  # the module-scoped fixture: mesh installed, bookstore + httpbin + sleep in a fresh namespace
+Mesh = tasks.Mesh
+
+LOAD_SCRIPT = (
+    "import json, sys\n"
+    "from meshlab.mesh.load import run_load\n"
+    "url, rate, duration = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])\n"
+    "print(json.dumps(run_load(url, rate=rate, duration=duration).to_dict()))\n"
+)
+RATINGS = "http://ratings:9080/ratings/0"
+
+
+def run_load(mesh: Mesh, url: str, *, rate: float, duration: float) -> dict[str, Any]:
+    """An open-model load from the client pod's app container; the generator's own JSON summary."""
+    handle, namespace = mesh
+    out = handle.kubectl("exec", "-n", namespace, tasks.CLIENT, "-c", tasks.CLIENT, "--", "python", "-c",
+                         LOAD_SCRIPT, url, str(rate), str(duration), timeout=120)
+    return dict(json.loads(out))
+
+
+def graph_under_load(mesh: Mesh, url: str, *, rate: float, duration: float) -> tuple[Graph, dict[str, Any]]:
+    handle, namespace = mesh
+    result: dict[str, Any] = {}
+    proxies, before, after, seconds = telemetry.scrape_window(
+        handle, namespace=namespace, during=lambda: result.update(run_load(mesh, url, rate=rate, duration=duration)))
+    graph = telemetry.graph_of(proxies, before, after, seconds, namespace=namespace)
+    print(f"load {url}: sent {result['sent']}, statuses {result['statuses']}\n{graph!r}")
+    return graph, result
+
+
+def test_stat_before_any_traffic_says_no_traffic_yet(mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
+    handle, namespace = mesh
+    assert cli.main(["mesh", "stat", "--kubeconfig", str(handle.kubeconfig), "-n", namespace, "--window", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "productpage-v1" in out and "no traffic yet" in out, out
+
+
+def test_graph_of_the_bookstore_matches_the_load_generator(mesh: Mesh) -> None:
+    graph, result = graph_under_load(mesh, tasks.PAGE, rate=20, duration=4)
+    assert graph.no_data is None and graph.unreachable == ()
+    names = {n.workload for n in graph.nodes}
+    assert {"sleep", "productpage-v1", "details-v1", "reviews-v1", "reviews-v2", "reviews-v3",
+            "ratings-v1"} <= names, names
+    edges = {(e.source.workload, e.destination.workload) for e in graph.edges}
+    assert {("sleep", "productpage-v1"), ("productpage-v1", "details-v1"), ("productpage-v1", "reviews-v1"),
+            ("productpage-v1", "reviews-v2"), ("productpage-v1", "reviews-v3"), ("reviews-v2", "ratings-v1"),
+            ("reviews-v3", "ratings-v1")} <= edges, edges
+    assert ("reviews-v1", "ratings-v1") not in edges  # v1 shows no stars: it never calls ratings
+    front = graph.edge("sleep", "productpage-v1")
+    assert front is not None
+    assert front.signals.requests == pytest.approx(result["answered"], rel=0.05)
+    assert front.signals.rps == pytest.approx(result["answered"] / graph.window, rel=0.05)
+    assert front.signals.success == 1.0
+    versions = {n.workload: n.version for n in graph.nodes}
+    assert versions["reviews-v2"] == "v2" and versions["productpage-v1"] == "v1"
+    # auto-mTLS between sidecars: every request the servers saw came over mutual TLS
+    assert {e.mtls_share for e in graph.edges if e.mtls_share is not None} == {1.0}
+
+
+def test_an_injected_half_abort_shows_as_half_success(mesh: Mesh) -> None:
+    with tasks.rules(mesh, tasks.VIRTUAL_SERVICE_RATINGS_ABORT_HALF):
+        graph, result = graph_under_load(mesh, RATINGS, rate=40, duration=4)
+    edge = graph.service_edge("sleep", "ratings")
+    assert edge is not None and edge.reporter == "source"
+    assert edge.signals.requests == pytest.approx(result["answered"], rel=0.05)
+    generator = result["statuses"].get("200", 0) / result["answered"]
+    assert edge.signals.success == pytest.approx(generator, abs=0.03)
+    assert 0.38 <= (edge.signals.success or 0) <= 0.62, edge
+    answered = graph.edge("sleep", "ratings-v1")
+    assert answered is not None and answered.signals.success == 1.0  # the half that reached ratings
+
+
+RATINGS_DELAY_TENTH = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings
+spec:
+  hosts:
+  - ratings
+  http:
+  - fault:
+      delay:
+        percentage:
+          value: 10.0
+        fixedDelay: 0.6s
+    route:
+    - destination:
+        host: ratings
+        subset: v1
+"""
+
+
+def test_an_injected_delay_shows_in_p99_not_p50(mesh: Mesh) -> None:
+    with tasks.rules(mesh, RATINGS_DELAY_TENTH):
+        graph, result = graph_under_load(mesh, RATINGS, rate=30, duration=4)
+    edge = graph.service_edge("sleep", "ratings")
+    assert edge is not None
+    s = edge.signals
+    print(f"p50 {s.p50} p95 {s.p95} p99 {s.p99}; the generator's p99 {result['latencyMs']['p99']} ms")
+    assert s.p50 is not None and s.p50 < 250
+    assert s.p99 is not None and 500 <= s.p99 <= 1000  # Istio's bucket (500, 1000] holds 600 ms + overhead
+    assert result["latencyMs"]["p99"] >= 600
+
+
+PEER_AUTHENTICATION_DISABLE = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+spec:
+  mtls:
+    mode: DISABLE
+"""
+
+
+def test_mtls_share_is_zero_with_mtls_disabled(mesh: Mesh) -> None:
+    with tasks.rules(mesh, PEER_AUTHENTICATION_DISABLE):
+        graph, _ = graph_under_load(mesh, RATINGS, rate=20, duration=2)
+    edge = graph.edge("sleep", "ratings-v1")
+    assert edge is not None and edge.mtls_share == 0.0, graph
