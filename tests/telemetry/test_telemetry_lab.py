@@ -11,13 +11,15 @@ PeerAuthentication. The mesh fixture (bookstore, httpbin, sleep) is the traffic-
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
 
 from meshlab import cli, telemetry
-from meshlab.telemetry import Graph
+from meshlab.telemetry import Graph, Trace
 from tests.mesh import test_tasks_lab as tasks
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +144,26 @@ def test_mtls_share_is_zero_with_mtls_disabled(mesh: Mesh) -> None:
         graph, _ = graph_under_load(mesh, RATINGS, rate=20, duration=2)
     edge = graph.edge("sleep", "ratings-v1")
     assert edge is not None and edge.mtls_share == 0.0, graph
+
+
+def test_a_requests_trace_is_a_tree_with_two_spans_per_hop(mesh: Mesh) -> None:
+    handle, _ = mesh
+    request_id = "telemetry-trace-" + os.urandom(4).hex()
+    [(status, *_)] = tasks.send(mesh, tasks.PAGE, headers={"x-request-id": request_id})
+    assert status == 200
+    # sleep -> productpage -> details, reviews (-> ratings from v2/v3): 3 or 4 hops, a CLIENT and a SERVER span each
+    def complete() -> Trace | None:
+        got = telemetry.trace(handle, request_id)
+        return got if len(got.spans()) in (6, 8) else None
+    found = wait_for(complete, timeout=20, what=f"the spans of {request_id}", interval=0.5)
+    spans = found.spans()
+    print(repr(found))
+    assert len(found.roots) == 1 and found.roots[0].kind == "CLIENT" and found.roots[0].service.startswith("sleep")
+    assert {s.trace_id for s in spans} == {found.trace_id}
+    for span in spans:
+        # Envoy's way: each CLIENT span has exactly one child, the SERVER span of the callee's sidecar
+        if span.kind == "CLIENT":
+            assert [c.kind for c in span.children] == ["SERVER"], span
+        else:
+            assert all(c.kind == "CLIENT" for c in span.children), span
+    assert all(dict(s.tags).get("guid:x-request-id") == request_id for s in spans)
