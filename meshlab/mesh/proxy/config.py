@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from meshlab.mesh.xds import resources as xds
 
 if TYPE_CHECKING:  # rbac imports this module's matchers
+    from meshlab.mesh.proxy.mixer_decoding import MixerConfig
     from meshlab.mesh.proxy.rbac import RbacFilter
     from meshlab.mesh.proxy.stats_decoding import StatsConfig
 
@@ -203,6 +204,7 @@ class FilterChain:
     rbac: tuple[RbacFilter, ...] = ()
     name: str = ""
     stats: StatsConfig | None = None  # the istio.stats filter (in-proxy metrics) is in the chain
+    mixer: MixerConfig | None = None  # the mixer filter (classic profile: Check and Report) is in the chain
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _HTTP_FILTER_TYPES = {
     ROUTER_FILTER: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
     RBAC_FILTER: "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
     "istio.stats": "type.googleapis.com/xds.type.v3.TypedStruct",  # decoded by stats_decoding
+    "mixer": "type.googleapis.com/xds.type.v3.TypedStruct",  # decoded by mixer_decoding
 }
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _RETRY_ON = frozenset(
@@ -305,6 +306,7 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
     names = [f.name for f in hcm.http_filters]
     rbac_filters = []
     stats = None
+    mixer = None
     for f in hcm.http_filters:
         if f.name not in _HTTP_FILTER_TYPES:
             raise ResourceError(f'{where}: unsupported HTTP filter "{f.name}"')
@@ -318,6 +320,10 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
             from meshlab.mesh.proxy.stats_decoding import decode_stats_filter  # it imports this module
 
             stats = decode_stats_filter(f.typed_config, f'{where} HTTP filter "{f.name}"')
+        if f.name == "mixer":
+            from meshlab.mesh.proxy.mixer_decoding import decode_mixer_filter  # it imports this module
+
+            mixer = decode_mixer_filter(f.typed_config, f'{where} HTTP filter "{f.name}"')
     if not names or names[-1] != ROUTER_FILTER or names.count(ROUTER_FILTER) != 1:
         raise ResourceError(f"{where}: the HTTP filter chain must end with {ROUTER_FILTER} (and hold it once)")
     route_source = hcm.WhichOneof("route_specifier")
@@ -328,7 +334,7 @@ def _decode_chain(where: str, chain: Any) -> c.FilterChain:
     else:
         raise ResourceError(f"{where}: route specifier {route_source or '(none)'} is not supported")
     return c.FilterChain(port, transport, tls, rds_name, inline, FAULT_FILTER in names, tuple(rbac_filters),
-                         chain.name, stats=stats)
+                         chain.name, stats=stats, mixer=mixer)
 
 
 def _endpoint(lb: endpoint_pb2.LbEndpoint, where: str) -> c.Endpoint:

@@ -229,6 +229,9 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
     from meshlab.mesh.proxy.stats_plugin import start_telemetry
 
     stop_telemetry = await start_telemetry(sidecar, identity, env if env is not None else os.environ, resolve)
+    from meshlab.mesh.proxy.mixer_plugin import start_mixer
+
+    mixer = start_mixer(sidecar, resolve, env if env is not None else os.environ)
     identity_task: asyncio.Task[Any] | None = None
     if provider is not None:
         sidecar.tls.follow(provider)  # takes the first certificate and every rotation
@@ -251,6 +254,7 @@ async def run_sidecar(identity: ProxyIdentity, settings: Settings, xds_address: 
         with contextlib.suppress(asyncio.CancelledError):
             await ads
         await stop_telemetry()
+        await mixer.stop()
         if provider is not None:
             assert identity_task is not None
             identity_task.cancel()

@@ -64,6 +64,7 @@ from meshlab.mesh.proxy.upstream import AttemptResult, ClusterState
 from meshlab.mesh.xds import resources as xds
 
 if TYPE_CHECKING:
+    from meshlab.mesh.proxy.mixer_plugin import MixerPlugin
     from meshlab.mesh.proxy.stats_plugin import StatsPlugin
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Sidecar(InboundSecurity):
     records: deque[AccessRecord] = field(default_factory=lambda: deque(maxlen=RECORDS_KEPT))
     on_record: list[Callable[[AccessRecord], None]] = field(default_factory=list)
     telemetry: StatsPlugin | None = None  # peer metadata, istio_* metrics, spans (set by main)
+    mixer: MixerPlugin | None = None  # classic profile: Mixer Check before forwarding, Report after (set by main)
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -321,6 +323,9 @@ class Sidecar(InboundSecurity):
                               downstream_remote_address=downstream.remote, mtls=downstream.mtls,
                               peer_principal=downstream.principal or None)
         denied = self._authorize(listener, request.method, path, authority, headers, downstream)
+        inbound = listener.name != xds.OUTBOUND_LISTENER
+        if denied is None and self.mixer is not None:
+            denied = await self.mixer.check(inbound, request, path, authority, downstream.mtls, downstream.principal)
         if denied is not None:
             response, record = denied[0], replace(record, response_code_details=denied[1])
         else:
@@ -331,6 +336,8 @@ class Sidecar(InboundSecurity):
         self.stats[f"downstream_rq_{response.status // 100}xx"] += 1
         record = replace(record, response_code=response.status, bytes_sent=len(response.body),
                          duration=time.monotonic() - start)
+        if self.mixer is not None:  # before the peer's metadata headers are stripped: Mixer wants the callee
+            self.mixer.report(inbound, request, path, authority, response.headers, record)
         if self.telemetry is not None and exchange is not None:
             response.headers = self.telemetry.on_response(exchange, record, response.headers)
         self.log_line(format_line(record))
