@@ -184,3 +184,28 @@ def test_the_proxy_decodes_the_modern_outbound_listener() -> None:
     (listener,) = [m for m in snapshot.resources[LISTENER] if m.name == OUTBOUND_LISTENER]
     _, decoded = decode_listener(listener)
     assert decoded.chains[0].stats is not None
+
+
+def _config_with_stats(enabled: bool) -> object:
+    from meshlab.mesh.proxy.config import FilterChain, Listener, ProxyConfig
+    from meshlab.mesh.proxy.stats_decoding import StatsConfig
+
+    chain = FilterChain(route_config_name="outbound", stats=StatsConfig() if enabled else None)
+    return ProxyConfig(listeners={"virtualOutbound": Listener("virtualOutbound", "0.0.0.0", 15001, "outbound",
+                                                              chains=(chain,))})
+
+
+@pytest.mark.parametrize(("enabled", "families"), [
+    pytest.param(True, {"istio_requests", "istio_request_duration_milliseconds", "istio_request_bytes",
+                        "istio_response_bytes", "envoy_http_downstream_rq"}, id="modern-istio-and-proxy-counters"),
+    pytest.param(False, {"envoy_http_downstream_rq"}, id="classic-only-the-proxy-counters"),
+])
+def test_istio_metrics_only_while_the_listeners_carry_istio_stats(enabled: bool, families: set[str]) -> None:
+    config = _config_with_stats(enabled)
+    plugin = StatsPlugin(PRODUCTPAGE, config=lambda: config)  # type: ignore[arg-type,return-value]
+    forwarded, exchange = plugin.on_request([("accept", "*/*")], inbound=False)
+    assert peer_metadata.decode(forwarded) == PRODUCTPAGE  # the exchange happens in both profiles
+    back = plugin.on_response(exchange, _record(), [("content-type", "text/plain"), *peer_metadata.encode(REVIEWS)])
+    assert back == [("content-type", "text/plain")]
+    text = plugin.prometheus_text({"http.downstream_rq_total": 1})
+    assert {f.name for f in text_string_to_metric_families(text)} == families
