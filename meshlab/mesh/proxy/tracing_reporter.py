@@ -46,6 +46,7 @@ class SpanReporter:
         self._task: asyncio.Task[None] | None = None
         self._resolved: str | None = None
         self._next_resolve = 0.0
+        self._session: aiohttp.ClientSession | None = None  # one connection pool for all reports
         self.stats: Counter[str] = Counter()
 
     def submit(self, span: Span) -> None:
@@ -74,6 +75,9 @@ class SpanReporter:
         self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _run(self) -> None:
         while True:
@@ -102,8 +106,10 @@ class SpanReporter:
                 self.stats["tracing.zipkin.spans_dropped"] += len(batch)
                 continue
             body = json.dumps([span.to_zipkin() for span in batch]).encode()
+            if self._session is None:
+                self._session = aiohttp.ClientSession(trust_env=False)  # the sidecar never uses HTTP_PROXY
             try:
-                async with aiohttp.ClientSession(trust_env=False) as session, session.post(
+                async with self._session.post(
                         f"http://{target}/api/v2/spans", data=body, headers={"content-type": "application/json"},
                         timeout=aiohttp.ClientTimeout(total=2.0)) as response:
                     ok = response.status in (200, 202)
