@@ -461,6 +461,12 @@ class Sidecar(InboundSecurity):
             as_json = "format=json" in query
             return _text(200, admin.stats_page(self.all_stats(), as_json=as_json),
                          "application/json" if as_json else text)
+        if path == "/stats/prometheus":  # also on the pod IP's port 15090 (stats_plugin), as istio-proxy does
+            from meshlab.mesh.proxy.metrics import render_counters
+
+            counters = self.all_stats()
+            return _text(200, self.telemetry.prometheus_text(counters) if self.telemetry is not None
+                         else render_counters(counters))
         if path == "/quitquitquit":
             if request.method != "POST":
                 return _text(405, "This endpoint requires POST\n")

@@ -54,6 +54,8 @@ def test_two_sidecars_exchange_metadata_count_and_trace() -> None:
                                                            headers={"x-request-id": "rid-42"})
                         async with http.get(f"http://{SERVER_IP}:15090/stats/prometheus") as page:
                             prometheus = await page.text()
+                        async with http.get(f"http://{SERVER_IP}:15000/stats/prometheus") as page:
+                            admin_page = await page.text()
                     for _ in range(100):
                         if len(store) >= 2:
                             break
@@ -84,6 +86,10 @@ def test_two_sidecars_exchange_metadata_count_and_trace() -> None:
         (sample,) = families["istio_requests"].samples
         assert sample.labels["reporter"] == "destination" and sample.value == 1
         assert "envoy_x_y" in families
+        # The admin listener's /stats/prometheus has the same istio_* series (and the real proxy counters).
+        admin = {f.name: f for f in text_string_to_metric_families(admin_page)}
+        assert admin["istio_requests"].samples == families["istio_requests"].samples
+        assert "envoy_http_downstream_rq" in admin
         # One trace: the client sidecar's root CLIENT span, the server sidecar's SERVER span under it, and the
         # app was handed the server span as its parent.
         (trace,) = store.traces(annotation_query="guid:x-request-id=rid-42")
