@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -43,11 +44,16 @@ def run_load(mesh: Mesh, url: str, *, rate: float, duration: float) -> dict[str,
     return dict(json.loads(out))
 
 
-def graph_under_load(mesh: Mesh, url: str, *, rate: float, duration: float) -> tuple[Graph, dict[str, Any]]:
+def graph_under_load(mesh: Mesh, url: str, *, rate: float, duration: float, settle: float = 0.0
+                     ) -> tuple[Graph, dict[str, Any]]:
+    """The graph of a window around one load run (``settle``: seconds to wait after it, for batched reports)."""
     handle, namespace = mesh
     result: dict[str, Any] = {}
-    proxies, before, after, seconds = telemetry.scrape_window(
-        handle, namespace=namespace, during=lambda: result.update(run_load(mesh, url, rate=rate, duration=duration)))
+
+    def during() -> None:
+        result.update(run_load(mesh, url, rate=rate, duration=duration))
+        time.sleep(settle)
+    proxies, before, after, seconds = telemetry.scrape_window(handle, namespace=namespace, during=during)
     graph = telemetry.graph_of(proxies, before, after, seconds, namespace=namespace)
     print(f"load {url}: sent {result['sent']}, statuses {result['statuses']}\n{graph!r}")
     return graph, result
@@ -167,3 +173,32 @@ def test_a_requests_trace_is_a_tree_with_two_spans_per_hop(mesh: Mesh) -> None:
         else:
             assert all(c.kind == "CLIENT" for c in span.children), span
     assert all(dict(s.tags).get("guid:x-request-id") == request_id for s in spans)
+
+
+def edges_of(graph: Graph) -> set[tuple[str, str]]:
+    return {(e.source.workload, e.destination.workload) for e in graph.edges}
+
+
+def test_classic_and_modern_profiles_give_the_same_aggregation(mesh: Mesh) -> None:
+    set_profile = pytest.importorskip("meshlab.mesh.mixer.profile", reason="the profile switch (issue 6, G)").set_profile
+    handle, namespace = mesh
+    modern, _ = graph_under_load(mesh, tasks.PAGE, rate=15, duration=3)
+    before = tasks.sidecar_versions(handle, namespace)
+    set_profile(handle, "classic", fail_open=True)
+    try:
+        tasks.wait_synced(handle, namespace, before, timeout=30)
+        targets = telemetry.scraping.mixer_targets(handle)
+        assert telemetry.scraping.profile(handle) == "classic" and len(targets) == 1, targets  # Mixer is read
+        # Mixer's metrics grow when a Report batch arrives (about once a second): let the last one land.
+        classic, result = graph_under_load(mesh, tasks.PAGE, rate=15, duration=3, settle=2.5)
+    finally:
+        before = tasks.sidecar_versions(handle, namespace)
+        set_profile(handle, "modern")
+        tasks.wait_synced(handle, namespace, before, timeout=30)
+    assert classic.no_data is None and classic.unreachable == ()
+    assert edges_of(classic) == edges_of(modern)
+    assert {str(n) for n in classic.nodes} == {str(n) for n in modern.nodes}
+    front = classic.edge("sleep", "productpage-v1")
+    assert front is not None and front.signals.requests == pytest.approx(result["answered"], rel=0.05)
+    assert front.signals.success == 1.0 and front.signals.p99 is not None
+    assert {e.mtls_share for e in classic.edges if e.mtls_share is not None} == {1.0}
