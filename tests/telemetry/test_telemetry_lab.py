@@ -180,7 +180,8 @@ def edges_of(graph: Graph) -> set[tuple[str, str]]:
 
 
 def test_classic_and_modern_profiles_give_the_same_aggregation(mesh: Mesh) -> None:
-    set_profile = pytest.importorskip("meshlab.mesh.mixer.profile", reason="the profile switch (issue 6, G)").set_profile
+    profile = pytest.importorskip("meshlab.mesh.mixer.profile", reason="the profile switch (issue 6, engineer G)")
+    set_profile = profile.set_profile
     handle, namespace = mesh
     modern, _ = graph_under_load(mesh, tasks.PAGE, rate=15, duration=3)
     before = tasks.sidecar_versions(handle, namespace)
