@@ -191,8 +191,10 @@ def test_a_volume_outlives_its_nfs_server_pod(storage: meshlab.lab.Lab, namespac
     handle.apply(deployment("after", "cat /data/before.txt > /data/after.txt && exec sleep 3600"),
                  namespace=namespace)
     handle.wait_ready("deployment", "after", namespace=namespace, timeout=60)
-    wait_for(lambda: (export_dir / pv / "after.txt").exists(), what="the pod to copy the file")
-    assert (export_dir / pv / "after.txt").read_text() == "kept"
+    # The shell creates after.txt before it writes into it: wait for the content, not the name.
+    after = export_dir / pv / "after.txt"
+    wait_for(lambda: after.exists() and after.read_text() == "kept", timeout=30,
+             what="the pod to copy the file through the new server")
     handle.delete(deployment("after", ""), namespace=namespace)
     wait_for(lambda: pods_gone(handle, namespace), what="the pods to be gone")
 
