@@ -35,8 +35,8 @@ from meshlab.telemetry.traces import Span, Trace, build_trace, fetch_spans
 if TYPE_CHECKING:
     from meshlab.lab import Lab
 
-__all__ = ["Edge", "Graph", "NoData", "Node", "Signals", "Span", "Trace", "WorkloadSignals", "golden_signals",
-           "graph", "scrape_window", "trace"]
+__all__ = ["Edge", "Graph", "NoData", "Node", "Proxy", "Scrape", "Signals", "Span", "Trace", "WorkloadSignals",
+           "golden_signals", "graph", "graph_of", "scrape_window", "signals_of", "trace"]
 
 
 def _targets(lab: Lab, proxies: list[Proxy]) -> list[Target]:

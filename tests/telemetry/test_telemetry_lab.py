@@ -44,17 +44,26 @@ def run_load(mesh: Mesh, url: str, *, rate: float, duration: float) -> dict[str,
     return dict(json.loads(out))
 
 
-def graph_under_load(mesh: Mesh, url: str, *, rate: float, duration: float, settle: float = 0.0
-                     ) -> tuple[Graph, dict[str, Any]]:
-    """The graph of a window around one load run (``settle``: seconds to wait after it, for batched reports)."""
+Window = tuple[list[telemetry.Proxy], list[telemetry.Scrape], list[telemetry.Scrape], float]
+
+
+def window_under_load(mesh: Mesh, url: str, *, rate: float, duration: float, settle: float = 0.0
+                      ) -> tuple[Window, dict[str, Any]]:
+    """Two scrape rounds around one load run (``settle``: seconds to wait after it, for batched reports)."""
     handle, namespace = mesh
     result: dict[str, Any] = {}
 
     def during() -> None:
         result.update(run_load(mesh, url, rate=rate, duration=duration))
         time.sleep(settle)
-    proxies, before, after, seconds = telemetry.scrape_window(handle, namespace=namespace, during=during)
-    graph = telemetry.graph_of(proxies, before, after, seconds, namespace=namespace)
+    return telemetry.scrape_window(handle, namespace=namespace, during=during), result
+
+
+def graph_under_load(mesh: Mesh, url: str, *, rate: float, duration: float, settle: float = 0.0
+                     ) -> tuple[Graph, dict[str, Any]]:
+    (proxies, before, after, seconds), result = window_under_load(mesh, url, rate=rate, duration=duration,
+                                                                  settle=settle)
+    graph = telemetry.graph_of(proxies, before, after, seconds, namespace=mesh[1])
     print(f"load {url}: sent {result['sent']}, statuses {result['statuses']}\n{graph!r}")
     return graph, result
 
@@ -64,10 +73,14 @@ def test_stat_before_any_traffic_says_no_traffic_yet(mesh: Mesh, capsys: pytest.
     assert cli.main(["mesh", "stat", "--kubeconfig", str(handle.kubeconfig), "-n", namespace, "--window", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "productpage-v1" in out and "no traffic yet" in out, out
+    assert cli.main(["mesh", "top", "--kubeconfig", str(handle.kubeconfig), "-n", namespace, "--window", "1.5"]) == 0
+    assert "no data because no traffic yet" in capsys.readouterr().out
 
 
 def test_graph_of_the_bookstore_matches_the_load_generator(mesh: Mesh) -> None:
-    graph, result = graph_under_load(mesh, tasks.PAGE, rate=20, duration=4)
+    window, result = window_under_load(mesh, tasks.PAGE, rate=20, duration=4)
+    graph = telemetry.graph_of(*window, namespace=mesh[1])
+    print(repr(graph))
     assert graph.no_data is None and graph.unreachable == ()
     names = {n.workload for n in graph.nodes}
     assert {"sleep", "productpage-v1", "details-v1", "reviews-v1", "reviews-v2", "reviews-v3",
@@ -86,6 +99,14 @@ def test_graph_of_the_bookstore_matches_the_load_generator(mesh: Mesh) -> None:
     assert versions["reviews-v2"] == "v2" and versions["productpage-v1"] == "v1"
     # auto-mTLS between sidecars: every request the servers saw came over mutual TLS
     assert {e.mtls_share for e in graph.edges if e.mtls_share is not None} == {1.0}
+    # golden signals, per workload: what each one served in the same window
+    served = {row.node.workload: row for row in telemetry.signals_of(*window)}
+    page = served["productpage-v1"].signals
+    assert page is not None and page.requests == pytest.approx(result["answered"], rel=0.05) and page.success == 1.0
+    assert page.p50 is not None and page.p50 <= (page.p95 or 0) <= (page.p99 or 0)
+    reviews = sum((served[f"reviews-v{v}"].signals or page).requests for v in (1, 2, 3))
+    assert reviews == pytest.approx(result["answered"], rel=0.05)  # productpage asks reviews once per page
+    assert served["sleep"].signals is None and served["sleep"].no_data is not None  # it only calls out
 
 
 def test_an_injected_half_abort_shows_as_half_success(mesh: Mesh) -> None:
