@@ -39,10 +39,12 @@ __all__ = ["Edge", "Graph", "NoData", "Node", "Proxy", "Scrape", "Signals", "Spa
            "golden_signals", "graph", "graph_of", "scrape_window", "signals_of", "trace"]
 
 
-def _targets(lab: Lab, proxies: list[Proxy]) -> list[Target]:
+def _targets(lab: Lab, proxies: list[Proxy]) -> tuple[list[Target], str | None]:
+    """What to scrape, or why nothing can be (classic profile without a running Mixer)."""
     if profile(lab) == "classic":
-        return mixer_targets(lab)
-    return [p.target for p in proxies]
+        mixers = mixer_targets(lab)
+        return mixers, None if mixers else "unreachable (classic profile: no Running istio-mixer pod in istio-system)"
+    return [p.target for p in proxies], None
 
 
 def scrape_window(lab: Lab, *, namespace: str | None = None, window: float = 10.0,
@@ -51,7 +53,10 @@ def scrape_window(lab: Lab, *, namespace: str | None = None, window: float = 10.
     """Two scrape rounds ``window`` seconds apart (or around ``during()``, when given, e.g. a load run):
     (proxies, first round, second round, seconds between them)."""
     proxies = discover(lab, namespace)
-    targets = _targets(lab, proxies)
+    targets, missing = _targets(lab, proxies)
+    if missing is not None:
+        nothing = [Scrape("mixer", time.monotonic(), {}, missing)]
+        return proxies, nothing, nothing, window
     start, before = scrape_all(lab, targets)
     if during is not None:
         during()

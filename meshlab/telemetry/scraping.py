@@ -94,25 +94,14 @@ def discover(lab: Lab, namespace: str | None = None) -> list[Proxy]:
 
 
 def profile(lab: Lab) -> str:
-    """The installed mesh's telemetry profile (``modern`` when unset or no mesh config is readable)."""
+    """The installed mesh's telemetry profile, read as Pilot reads it (``modern`` when unset or unreadable)."""
+    from meshlab.mesh.pilot.model import telemetry_from_mesh
+
     try:
         cm = lab.clients.core.read_namespaced_config_map(MESH_CONFIG, MESH_NAMESPACE)
     except Exception:  # no mesh installed, or not allowed to read it: the default profile
         return "modern"
-    data = cm.data or {}
-    value = data.get("telemetryProfile")
-    if value is None:
-        # the mesh config may be one YAML document under a key, as Istio's ``mesh`` key is
-        import yaml
-        for text in data.values():
-            try:
-                doc = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue
-            if isinstance(doc, dict) and "telemetryProfile" in doc:
-                value = doc["telemetryProfile"]
-                break
-    return str(value or "modern")
+    return telemetry_from_mesh(cm.data or {}).profile
 
 
 def mixer_targets(lab: Lab) -> list[Target]:
