@@ -155,24 +155,6 @@ def test_an_injected_delay_shows_in_p99_not_p50(mesh: Mesh) -> None:
     assert result["latencyMs"]["p99"] >= 600
 
 
-PEER_AUTHENTICATION_DISABLE = """
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: default
-spec:
-  mtls:
-    mode: DISABLE
-"""
-
-
-def test_mtls_share_is_zero_with_mtls_disabled(mesh: Mesh) -> None:
-    with tasks.rules(mesh, PEER_AUTHENTICATION_DISABLE):
-        graph, _ = graph_under_load(mesh, RATINGS, rate=20, duration=2)
-    edge = graph.edge("sleep", "ratings-v1")
-    assert edge is not None and edge.mtls_share == 0.0, graph
-
-
 def test_a_requests_trace_is_a_tree_with_two_spans_per_hop(mesh: Mesh) -> None:
     handle, _ = mesh
     request_id = "telemetry-trace-" + os.urandom(4).hex()
@@ -224,3 +206,24 @@ def test_classic_and_modern_profiles_give_the_same_aggregation(mesh: Mesh) -> No
     assert front is not None and front.signals.requests == pytest.approx(result["answered"], rel=0.05)
     assert front.signals.success == 1.0 and front.signals.p99 is not None
     assert {e.mtls_share for e in classic.edges if e.mtls_share is not None} == {1.0}
+
+
+PEER_AUTHENTICATION_DISABLE = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+spec:
+  mtls:
+    mode: DISABLE
+"""
+
+
+# Last in the module on purpose: after the policy is deleted, the client sidecars keep reusing the plaintext
+# keep-alive connections they opened under DISABLE (the proxy drops a host's idle connections when the host
+# leaves, not when its transport changes), so traffic stays plaintext for a while: reported to the lead.
+def test_mtls_share_is_zero_with_mtls_disabled(mesh: Mesh) -> None:
+    with tasks.rules(mesh, PEER_AUTHENTICATION_DISABLE):
+        graph, _ = graph_under_load(mesh, RATINGS, rate=20, duration=2)
+    edge = graph.edge("sleep", "ratings-v1")
+    assert edge is not None and edge.mtls_share == 0.0, graph
