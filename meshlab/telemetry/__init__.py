@@ -6,9 +6,11 @@ edges with requests/s, success rate, p50/p95/p99 latency (interpolated from hist
 ``histogram_quantile`` does) and the share of requests over mutual TLS. ``golden_signals(lab)`` gives the same
 numbers per workload, as ``linkerd viz stat`` does, and ``trace(lab, request_id)`` one request's spans as a tree.
 When there is nothing to show the answer says why (``NoData``): no proxies, a proxy unreachable, the window
-too short, no traffic yet. The arithmetic lives in :mod:`meshlab.telemetry.metrics` and
-:mod:`meshlab.telemetry.service_graph` (pure); :mod:`meshlab.telemetry.scraping` and :mod:`meshlab.telemetry.traces`
-talk to the cluster through the ``kubernetes`` client only, so this works on any cluster a :class:`Lab` reaches.
+too short, no traffic yet. In the ``classic`` profile the numbers come from Mixer, whose metrics grow when a
+batch of Reports arrives (about once a second), so its window lags the traffic by up to that much. The
+arithmetic lives in :mod:`meshlab.telemetry.metrics` and :mod:`meshlab.telemetry.service_graph` (pure);
+:mod:`meshlab.telemetry.scraping` and :mod:`meshlab.telemetry.traces` talk to the cluster through the
+``kubernetes`` client only, so this works on any cluster a :class:`Lab` reaches.
 """
 
 from __future__ import annotations
