@@ -34,6 +34,7 @@ Row = tuple[str, str, str, str]
 AREAS = {
     "security": ("benchmarks.citadel",),
     "storage": ("benchmarks.nfs", "benchmarks.csi", "benchmarks.storage"),
+    "telemetry": ("benchmarks.telemetry",),
 }
 
 
