@@ -82,11 +82,14 @@ class ClusterState:
         self.closed = False
 
     def set_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
+        before = {e.host: dict(e.socket_match) for e in self.endpoints}
         self.endpoints = endpoints
         if self.outlier is not None:
             self.outlier.set_hosts([e.host for e in endpoints])
-        hosts = {e.host for e in endpoints}
-        for host in [h for h in self.idle if h not in hosts]:
+        # An idle connection is kept only for a host that stays, with the same transport: a host whose
+        # socket match changed (its sidecar came or went, mTLS turned on or off) needs a new connection.
+        keep = {e.host for e in endpoints if before.get(e.host, dict(e.socket_match)) == dict(e.socket_match)}
+        for host in [h for h in self.idle if h not in keep]:
             for conn in self.idle.pop(host):
                 self._close(conn)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
+from collections import Counter, deque
+from types import MappingProxyType
 
 import pytest
 
 from meshlab.mesh.proxy.balancing import Balancer, candidates
 from meshlab.mesh.proxy.circuit import Admission, CircuitBreaker
-from meshlab.mesh.proxy.config import Endpoint, LbPolicy, OutlierPolicy, Thresholds
+from meshlab.mesh.proxy.config import ClusterPolicy, Endpoint, LbPolicy, OutlierPolicy, Thresholds
 from meshlab.mesh.proxy.outlier import EjectionReason, OutlierDetector
+from meshlab.mesh.proxy.upstream import ClusterState, Connection
 
 A, B, C, D = (Endpoint(f"127.0.1.{i}", 9080) for i in range(1, 5))
 DOWN = Endpoint("127.0.1.9", 9080, healthy=False)
@@ -211,3 +214,33 @@ def test_hosts_that_leave_eds_are_forgotten() -> None:
     od.set_hosts([B.host, C.host])
     assert od.ejected == frozenset()
     assert od.record(A.host, 500) is None
+
+
+class _Writer:
+    """The two things an idle connection's writer is asked: is it closing, and close."""
+
+    closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("before", "after", "kept"), [
+    pytest.param({}, {}, True, id="same transport: the keep-alive connection is reused"),
+    pytest.param({}, {"tlsMode": "istio"}, False, id="the host got a sidecar: mTLS needs a new connection"),
+    pytest.param({"tlsMode": "istio"}, {}, False, id="mTLS turned off: plaintext needs a new connection"),
+])
+def test_an_idle_connection_follows_its_hosts_transport(before: dict[str, str], after: dict[str, str],
+                                                        kept: bool) -> None:
+    async def scenario() -> bool:
+        host = Endpoint("127.0.1.1", 9080, socket_match=MappingProxyType(before))
+        state = ClusterState(ClusterPolicy("outbound|9080||reviews"), (host,), draw=lambda n: 0)
+        writer = _Writer()
+        state.idle[host.host] = deque([Connection(host.host, asyncio.StreamReader(), writer)])  # type: ignore[arg-type]
+        state.set_endpoints((Endpoint("127.0.1.1", 9080, socket_match=MappingProxyType(after)),))
+        return bool(state.idle.get(host.host)) and not writer.closed
+
+    assert asyncio.run(scenario()) is kept
