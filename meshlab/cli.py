@@ -61,8 +61,17 @@ def _mesh(args: argparse.Namespace) -> int:
     lab = meshlab.lab.connect(args.kubeconfig)
     try:
         if args.action == "install":
-            installing.install(lab, timeout=args.timeout, security=security)
+            installing.install(lab, timeout=args.timeout, security=security, profile=args.profile)
             print(installing.format_status(installing.status(lab)))
+            return 0
+        if args.action == "profile":
+            from meshlab.mesh.mixer.profile import current_profile, set_profile
+
+            if args.target is None:
+                print(current_profile(lab))
+                return 0
+            for line in set_profile(lab, args.target, timeout=args.timeout):
+                print(line)
             return 0
         if args.action == "uninstall":
             for name in installing.uninstall(lab, purge=args.purge, timeout=args.timeout):
@@ -175,7 +184,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          help="cluster to watch (default: the pod's service account, else $KUBECONFIG)")
     pilot_p.set_defaults(func=_pilot)
     mesh = sub.add_parser("mesh", help="install, remove or inspect the mesh control plane (like istioctl)")
-    mesh.add_argument("action", choices=["install", "uninstall", "status", "proxy-status", "top", "stat"])
+    mesh.add_argument("action", choices=["install", "uninstall", "status", "proxy-status", "top", "stat", "profile"])
+    mesh.add_argument("target", nargs="?", choices=["classic", "modern"], default=None,
+                      help="profile: switch the running mesh's telemetry to classic (Mixer) or modern (in-proxy); "
+                           "without it, print the current profile")
+    mesh.add_argument("--profile", choices=["classic", "modern"], default="modern",
+                      help="install: the telemetry profile (default modern)")
     mesh.add_argument("--kubeconfig", type=Path, default=None, help="cluster (default: the running embedded lab)")
     mesh.add_argument("--timeout", type=float, default=60, help="seconds to wait for istiod (default 60)")
     mesh.add_argument("--purge", action="store_true", help="uninstall: also delete the CRDs and every VS/DR")

@@ -81,13 +81,14 @@ def mesh_config(lab: Lab) -> InjectionConfig | None:
 
 
 def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None,
-            security: SecuritySettings | None = None) -> list[str]:
+            security: SecuritySettings | None = None, profile: str = "modern") -> list[str]:
     """Apply the CRDs, the mesh config (``mode``: detected from the nodes when None; ``security``: trust domain,
     workload certificate TTL and CA address, defaults when None) and the control plane (Pilot, then Citadel),
     wait until istiod and istio-citadel are Ready; returns ``kind/name`` applied."""
     pilot = [doc for doc in yaml.safe_load_all(PILOT.read_text()) if doc]
     config = mesh_configmap(InjectionConfig(mode=mode or cluster_mode(lab)))
     config["data"].update(mesh_data(security or SecuritySettings()))
+    config["data"]["telemetryProfile"] = profile if profile == "classic" else "modern"
     # Right after the Namespace, so the injector reads it before it serves its first pod.
     at = next((i + 1 for i, doc in enumerate(pilot) if doc.get("kind") == "Namespace"), 0)
     applied = lab.apply(CRDS.read_text()) + lab.apply(SECURITY_CRDS.read_text())
@@ -98,6 +99,9 @@ def install(lab: Lab, *, timeout: float = 60, mode: Mode | None = None,
     lab.wait_ready("deployment", ISTIOD, namespace=NAMESPACE, timeout=timeout)
     lab.wait_ready("deployment", CITADEL_NAME, namespace=NAMESPACE, timeout=timeout)
     lab.wait_ready("deployment", "zipkin", namespace=NAMESPACE, timeout=timeout)
+    from meshlab.mesh.mixer.profile import set_profile  # the telemetry profile: Mixer deployed or removed
+
+    set_profile(lab, profile, timeout=timeout)
     return [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in applied]
 
 

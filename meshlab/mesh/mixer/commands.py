@@ -18,6 +18,10 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     mixer.add_argument("--grpc-port", type=int, default=9091, help="istio.mixer.v1.Mixer gRPC (default 9091)")
     mixer.add_argument("--metrics-port", type=int, default=42422,
                        help="GET /metrics (Prometheus text) and /ready (default 42422)")
-    mixer.add_argument("--policy", default="/etc/istio/mixer/policy.yaml",
-                       help="the policy document (deny rules, quotas), re-read when it changes")
+    mixer.add_argument("--policy-configmap", default="istio-system/istio-mixer-policy",
+                       help="namespace/name of the ConfigMap whose key policy.yaml is the policy (deny rules, "
+                            "quotas), re-read every second (default istio-system/istio-mixer-policy)")
+    mixer.add_argument("--policy-file", default=None, help="read the policy from this file instead")
+    mixer.add_argument("--kubeconfig", default=None,
+                       help="cluster (default: the pod's service account, else $KUBECONFIG)")
     mixer.set_defaults(func=_mixer)

@@ -5,14 +5,16 @@ as Istio's Mixer did: a denial is data, not a transport error) and, per requeste
 ``Report`` takes a batch of attribute bags and answers an empty ``ReportResponse``. Both are wired with gRPC's
 generic handlers around the generated messages of ``mixer.proto`` (plaintext: Istio's sidecars reached Mixer
 over the mesh's own mTLS, which meshlab's sidecars do not apply to their own control traffic). The metrics are
-served as Prometheus text at ``GET /metrics`` on port 42422, Mixer's ``prometheus`` port. :class:`PolicyFile`
-re-reads the policy document (a ConfigMap volume) when it changes; a malformed document keeps the old policy.
+served as Prometheus text at ``GET /metrics`` on port 42422, Mixer's ``prometheus`` port. :class:`PolicySource`
+re-reads the policy document every second (Istio's Mixer watched its config through the Kubernetes API too; a
+ConfigMap *volume* would lag by the kubelet's one-minute sync); a malformed document keeps the old policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,32 +95,42 @@ async def serve_metrics(mixer: Mixer, *, host: str = "127.0.0.1", port: int = PR
     return runner
 
 
-class PolicyFile:
-    """The policy document at ``path``: loaded into a Mixer whenever its content changes."""
+class PolicySource:
+    """The policy document, read by ``read`` (the ConfigMap through the API, or a file): loaded into a Mixer
+    whenever its text changes. ``read`` returns "" when there is no document (no rules) and raises OSError or
+    the client's errors when it cannot tell (the previous policy stays)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, read: Callable[[], str], name: str) -> None:
+        self.read, self.name = read, name
         self._text: str | None = None
 
     def refresh(self, mixer: Mixer) -> bool:
-        """Load the file if it changed since the last call; True when the policy was replaced."""
+        """Load the document if it changed since the last call; True when the policy was replaced."""
         try:
-            text = self.path.read_text()
-        except OSError:
-            text = ""  # no ConfigMap mounted (or no key): no rules
+            text = self.read()
+        except Exception as err:  # the API server unreachable, a file being replaced
+            log.warning("policy %s: cannot read it (%s); keeping the current policy", self.name, err)
+            return False
         if text == self._text:
             return False
         self._text = text
         try:
             mixer.policy = parse_policy(text)
         except PolicyError as err:
-            log.error("policy %s: %s (keeping the previous policy)", self.path, err)
+            log.error("policy %s: %s (keeping the previous policy)", self.name, err)
             return False
-        log.info("policy: %d deny rules, %d quotas", len(mixer.policy.deny), len(mixer.policy.quotas))
+        log.info("policy %s: %d deny rules, %d quotas", self.name, len(mixer.policy.deny), len(mixer.policy.quotas))
         return True
 
     async def follow(self, mixer: Mixer, interval: float = 1.0) -> None:
-        """Until cancelled: refresh every ``interval`` seconds (kubelet updates ConfigMap volumes in place)."""
+        """Until cancelled: refresh every ``interval`` seconds (off the event loop: reads may block)."""
         while True:
-            self.refresh(mixer)
+            await asyncio.to_thread(self.refresh, mixer)
             await asyncio.sleep(interval)
+
+
+def file_reader(path: Path) -> Callable[[], str]:
+    def read() -> str:
+        return path.read_text() if path.exists() else ""
+
+    return read

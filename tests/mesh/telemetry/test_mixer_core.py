@@ -21,6 +21,7 @@ from meshlab.mesh.mixer.core import (
     to_proto,
 )
 from meshlab.mesh.mixer.metrics import labels_from
+from meshlab.mesh.mixer.server import PolicySource
 
 POLICY = """
 deny:
@@ -127,3 +128,13 @@ def test_regenerating_the_messages_changes_nothing(tmp_path: Path) -> None:
 def test_field_numbers_are_istios(message: Any, field: str, number: int) -> None:
     assert message.DESCRIPTOR.fields_by_name[field].number == number
     assert message.DESCRIPTOR.full_name.startswith("istio.mixer.v1.")
+
+
+def test_the_policy_source_reloads_changes_and_keeps_the_last_good_policy() -> None:
+    documents = iter(["deny: [{source: {workload: a}}]", "deny: [{source: {workload: a}}]", "deny: [",
+                      "quotas: [{destination: b, maxAmount: 1}]"])
+    source, mixer = PolicySource(lambda: next(documents), "test"), Mixer()
+    loaded = [source.refresh(mixer) for _ in range(3)]
+    assert loaded == [True, False, False]  # loaded; unchanged; malformed (kept)
+    assert len(mixer.policy.deny) == 1
+    assert source.refresh(mixer) and mixer.policy.quotas[0].destination == "b" and not mixer.policy.deny
