@@ -212,7 +212,8 @@ class ControlPlaneStatus:
 
 CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io",
              "peerauthentications.security.istio.io", "authorizationpolicies.security.istio.io")
-COMPONENTS = (ISTIOD, CITADEL_NAME)  # each Deployment's pods carry app=<its name>
+COMPONENTS = (ISTIOD, CITADEL_NAME, "zipkin")  # each Deployment's pods carry app=<its name>
+OPTIONAL_COMPONENTS = ("istio-mixer",)  # the classic telemetry profile's: listed only when installed
 
 
 def status(lab: Lab) -> ControlPlaneStatus:
@@ -227,6 +228,7 @@ def status(lab: Lab) -> ControlPlaneStatus:
                 raise LabError(f"reading CRD {name} failed: {err.status} {err.reason}") from err
             crds[name] = False
     components = [_component(lab, name) for name in COMPONENTS]
+    components += [c for c in (_component(lab, name) for name in OPTIONAL_COMPONENTS) if c.deployment != "not installed"]
     proxies = None
     if components[0].ready:
         try:

@@ -115,6 +115,8 @@ def test_install_reports_istiod_and_citadel_ready(mesh: tuple[meshlab.lab.Lab, s
     out = capsys.readouterr().out
     assert "deployment istio-system/istiod: 1/1 ready" in out
     assert "deployment istio-system/istio-citadel: 1/1 ready" in out
+    assert "deployment istio-system/zipkin: 1/1 ready" in out
+    assert "istio-mixer" not in out  # the classic profile's Mixer is listed only when installed
     assert "virtualservices.networking.istio.io: installed" in out
     assert "authorizationpolicies.security.istio.io: installed" in out
 
