@@ -228,7 +228,8 @@ def status(lab: Lab) -> ControlPlaneStatus:
                 raise LabError(f"reading CRD {name} failed: {err.status} {err.reason}") from err
             crds[name] = False
     components = [_component(lab, name) for name in COMPONENTS]
-    components += [c for c in (_component(lab, name) for name in OPTIONAL_COMPONENTS) if c.deployment != "not installed"]
+    optional = (_component(lab, name) for name in OPTIONAL_COMPONENTS)
+    components += [c for c in optional if c.deployment != "not installed"]
     proxies = None
     if components[0].ready:
         try:
