@@ -76,6 +76,30 @@ def _through_nfs(server: RunningNfsServer, data: bytes, runs: int) -> tuple[floa
     return rates
 
 
+def _through_mount(server: RunningNfsServer, directory: Path, data: bytes, runs: int
+                   ) -> tuple[str, float, float] | str:
+    """Plain file I/O in a lab mount point (what a pod's process does): FUSE, or the kernel on a real node."""
+    from meshlab.errors import MountError
+    from meshlab.mounting.mount import mount_nfs, mount_support, unmount
+    from meshlab.mounting.nfsclient import NfsClient
+
+    why = mount_support()
+    if why is not None:
+        return why
+    with NfsClient(server.location) as client:
+        client.makedirs("bench/mounted")
+    target = directory / f"mnt-{server.version}"
+    try:
+        how = mount_nfs(server.location, "bench/mounted", target)
+        try:
+            write, read = _local(target, data, runs)
+        finally:
+            unmount(target)
+    except MountError as err:
+        return str(err)
+    return how, write, read
+
+
 def run(*, size_mb: int = 64, runs: int = 3) -> list[tuple[str, str, str]]:
     """Sequential write/read MB/s: local disk, nfs-rs → Python NFSv3 server, and Ganesha when possible."""
     data = os.urandom(size_mb * 1024 * 1024)
@@ -89,11 +113,20 @@ def run(*, size_mb: int = 64, runs: int = 3) -> list[tuple[str, str, str]]:
         for backend in backends:
             with start_nfs_server(base / backend, backend=backend) as server:
                 write, read = _through_nfs(server, data, runs)
+                mounted = _through_mount(server, base, data, runs)
             label = "Python NFSv3 server" if backend == "python" else "NFS-Ganesha v4.1"
             rows += [(f"nfs-rs -> {label}: sequential write {size_mb} MiB", f"{write:.0f} MB/s "
                       f"({write / local_w:.0%} of local)", "report"),
                      (f"nfs-rs -> {label}: sequential read {size_mb} MiB", f"{read:.0f} MB/s "
                       f"({read / local_r:.0%} of local)", "report")]
+            if isinstance(mounted, str):
+                rows.append((f"lab mount point -> {label}", "skipped", mounted[:60]))
+            else:
+                how, m_write, m_read = mounted
+                rows += [(f"lab mount point ({how}) -> {label}: write {size_mb} MiB (+fsync)",
+                          f"{m_write:.0f} MB/s ({m_write / local_w:.0%} of local)", "report"),
+                         (f"lab mount point ({how}) -> {label}: read {size_mb} MiB",
+                          f"{m_read:.0f} MB/s ({m_read / local_r:.0%} of local)", "report")]
     return rows
 
 
