@@ -133,7 +133,7 @@ async def _run(duration: float, logs: Path) -> list[Row]:
         policy = logs / "policy.yaml"
         policy.write_text("{}\n")
         mixer = procs.start("mixer", [*_meshlab(), "mixer", "--grpc-port", str(MIXER_GRPC), "--metrics-port",
-                                      str(MIXER_METRICS), "--policy", str(policy)], {"POD_IP": MIXER})
+                                      str(MIXER_METRICS), "--policy-file", str(policy)], {"POD_IP": MIXER})
         await _port_open(MIXER, MIXER_GRPC)
         modern = await _profile(procs, ads, xds_port, "modern", duration, {})
         classic = await _profile(procs, ads, xds_port, "classic", duration, {"Mixer": mixer.pid})
