@@ -539,34 +539,20 @@ def test_connection_pool_limits_overflow_with_503(mesh: Mesh) -> None:
 
 # -- mirroring (istio.io/latest/docs/tasks/traffic-management/mirroring) --------------------------------------
 
-HTTPBIN_V2 = """
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin-v2
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: httpbin
-      version: v2
-  template:
-    metadata:
-      labels:
-        app: httpbin
-        version: v2
-    spec:
-      serviceAccountName: httpbin
-      containers:
-      - name: httpbin
-        image: meshlab/httpbin:1
-        command: [meshlab, app, httpbin]
-        ports:
-        - containerPort: 8000
-        readinessProbe:
-          httpGet: {path: /healthz, port: 8000}
-          periodSeconds: 2
-"""
+def httpbin_deployment(version: str, *args: str) -> dict[str, Any]:
+    """Another httpbin Deployment behind the same Service (``app: httpbin``), as Istio's tasks add one."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"httpbin-{version}"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "httpbin", "version": version}},
+                     "template": {"metadata": {"labels": {"app": "httpbin", "version": version}},
+                                  "spec": {"serviceAccountName": "httpbin", "containers": [{
+                                      "name": "httpbin", "image": "meshlab/httpbin:1",
+                                      "command": ["meshlab", "app", "httpbin", *args],
+                                      "ports": [{"containerPort": 8000}],
+                                      "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8000},
+                                                         "periodSeconds": 2}}]}}}}
+
+
+HTTPBIN_V2 = httpbin_deployment("v2")
 
 HTTPBIN_MIRROR = """
 apiVersion: networking.istio.io/v1
@@ -668,34 +654,7 @@ def test_traffic_flows_without_pilot_and_every_sidecar_resyncs_when_it_returns(m
 
 # -- outlier detection (istio.io/latest/docs/reference/config/networking/destination-rule/#OutlierDetection) ---
 
-HTTPBIN_BROKEN = """
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin-broken
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: httpbin
-      version: broken
-  template:
-    metadata:
-      labels:
-        app: httpbin
-        version: broken
-    spec:
-      serviceAccountName: httpbin
-      containers:
-      - name: httpbin
-        image: meshlab/httpbin:1
-        command: [meshlab, app, httpbin, --fail-rate, "1"]
-        ports:
-        - containerPort: 8000
-        readinessProbe:
-          httpGet: {path: /healthz, port: 8000}
-          periodSeconds: 2
-"""
+HTTPBIN_BROKEN = httpbin_deployment("broken", "--fail-rate", "1")
 
 # Eject a host at its first 5xx for 3 s (times its ejection count); no retries, so every failure shows.
 HTTPBIN_OUTLIERS = """
