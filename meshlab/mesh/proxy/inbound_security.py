@@ -67,7 +67,8 @@ class InboundSecurity:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                 listener: _Listener | None, *, mtls: bool = False, principal: str = "") -> None:
-        raise NotImplementedError
+        """Serve HTTP on a connection this mixin accepted; :class:`~meshlab.mesh.proxy.server.Sidecar` provides it."""
+        raise NotImplementedError("InboundSecurity is a mixin of Sidecar, which serves the connection")
 
     async def _serve_inbound(self, sock: socket.socket, listener: _Listener) -> None:
         """One inbound connection: tls_inspector, filter-chain match, TLS handshake and peer check, then HTTP."""
